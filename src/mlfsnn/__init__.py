@@ -1,0 +1,24 @@
+"""mlfsnn: multi-level firing spiking neurons, tdBN and spiking DS-ResNet (IJCAI 2022).
+
+Tensors are time first, ``[T, B, ...]``.
+"""
+
+from .neurons import MLF, mlf, mlf_reference
+from .observe import NeuronMonitor
+from .resnet import PAPER_NETS, SpikingResNet, count_parameters, create_model, spiking_resnet
+from .tdbn import TdBatchNorm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLF",
+    "PAPER_NETS",
+    "NeuronMonitor",
+    "SpikingResNet",
+    "TdBatchNorm",
+    "count_parameters",
+    "create_model",
+    "mlf",
+    "mlf_reference",
+    "spiking_resnet",
+]
