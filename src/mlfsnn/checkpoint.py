@@ -1,0 +1,115 @@
+"""Checkpoints: atomic writes, exact resume, and loading that never unpickles code.
+
+A checkpoint holds only tensors, numbers, strings, lists and dicts, so ``torch.load(...,
+weights_only=True)`` reads it. RNG states are stored as tensors and lists for the same reason.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "capture_rng",
+    "load_checkpoint",
+    "resolve_resume",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+
+class CheckpointError(RuntimeError):
+    """A missing, unreadable or incompatible checkpoint; the message is one line."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, ``os.replace``.
+
+    A crash mid-write leaves the previous file intact; readers never see a partial checkpoint.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with ``weights_only=True``; any failure becomes a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({reason[:200]})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"checkpoint {path} is not an mlfsnn checkpoint (no model/config entries)")
+    return state
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """Map ``trainer.resume`` to a checkpoint file, or None to start fresh.
+
+    ``auto``: this run directory's ``checkpoints/last.pt`` if it exists; a directory: its
+    ``checkpoints/last.pt``; a file: itself.
+    """
+    if resume is None or resume == "":
+        return None
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
+    path = Path(os.path.expanduser(resume))
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"trainer.resume={resume!r}: no checkpoint at {path}")
+    return path
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy, torch (CPU and every CUDA device) RNG states, as weights_only-safe objects."""
+    version, py_state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(py_state), "gauss": gauss},
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,86 @@
+"""Static image datasets: CIFAR10 (torchvision's on-disk layout) and scikit-learn's digits demo.
+
+Images are ``[C, H, W]`` floats; the trainer repeats them over the T time steps (paper-notes §5).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from . import register
+from .common import DataError, DataInfo, take_subset
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)  # the release's values (not the exact per-pixel std)
+
+
+def _cifar10_split(root: Path, train: bool, download: bool, transform: Any) -> Dataset:
+    from torchvision.datasets import CIFAR10
+
+    folder = root / "cifar-10-batches-py"
+    offline_hint = (
+        f"put the extracted 'cifar-10-batches-py' folder in {root} (from {CIFAR10_URL}) or set "
+        "dataset.root=<folder holding it>; to try mlfsnn offline run: snn-train +experiment=digits"
+    )
+    try:
+        return CIFAR10(str(root), train=train, download=download, transform=transform)
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+        raise DataError(
+            f"CIFAR10 not found at {folder} and the download failed ({exc}); {offline_hint}"
+        ) from None
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
+        raise DataError(f"CIFAR10 missing or corrupt at {folder} ({exc}); {offline_hint}") from None
+
+
+@register("cifar10")
+def build_cifar10(cfg: Any, time_steps: int) -> tuple[Dataset, Dataset, DataInfo]:
+    from torchvision import transforms as tv
+
+    root = Path(os.path.expanduser(str(cfg.root))).resolve()
+    normalize = [tv.ToTensor(), tv.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
+    augment = [tv.RandomCrop(32, padding=4), tv.RandomHorizontalFlip()] if cfg.augment else []
+    socket.setdefaulttimeout(60)  # an unreachable host must fail, not hang the run
+    train = _cifar10_split(root, True, bool(cfg.download), tv.Compose(augment + normalize))
+    test = _cifar10_split(root, False, False, tv.Compose(normalize))
+    train, test = take_subset(train, cfg.subset), take_subset(test, cfg.subset)
+    info = DataInfo("cifar10", 10, 3, (32, 32), True, len(train), len(test), source=str(root))
+    return train, test, info
+
+
+@register("digits")
+def build_digits(cfg: Any, time_steps: int) -> tuple[Dataset, Dataset, DataInfo]:
+    """scikit-learn's bundled handwritten digits (1797 real 8x8 scans), a fixed stratified split.
+
+    Pixel values 0..16 are resized to ``size`` x ``size`` (bilinear) and standardised with the
+    training split's mean and std.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(data.target, dtype=torch.long)
+    idx = torch.arange(len(labels))
+    tr, te = train_test_split(
+        idx.numpy(), test_size=cfg.test_fraction, stratify=labels.numpy(), random_state=cfg.split_seed
+    )
+    size = int(cfg.size)
+    if size != 8:
+        images = torch.nn.functional.interpolate(
+            images, size=(size, size), mode="bilinear", align_corners=False
+        )
+    mean, std = images[tr].mean(), images[tr].std()
+    images = (images - mean) / std
+    train = TensorDataset(images[tr], labels[tr])
+    test = TensorDataset(images[te], labels[te])
+    train, test = take_subset(train, cfg.subset), take_subset(test, cfg.subset)
+    info = DataInfo("digits", 10, 1, (size, size), True, len(train), len(test), source="sklearn.load_digits")
+    return train, test, info

@@ -1,0 +1,180 @@
+"""The pieces the training loop is assembled from: device, precision, seeding, loaders, builders."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .checkpoint import CheckpointError
+from .config import ConfigError
+from .data import DataInfo
+from .resnet import SpikingResNet, spiking_resnet
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Context:
+    cfg: DictConfig
+    device: torch.device
+    time_steps: int
+    static: bool = True
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def create(cls, cfg: DictConfig) -> Context:
+        return cls(cfg=cfg, device=resolve_device(cfg.trainer.device), time_steps=cfg.time_steps)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = AMP_DTYPES.get(self.cfg.trainer.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name!r} is invalid: CUDA is not available here (use cpu or auto)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def to_model_input(x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Images ``[B, C, H, W]`` -> ``[T, B, C, H, W]`` (a view); frames ``[B, T, ...]`` -> time first."""
+    x = x.to(ctx.device, non_blocking=True)
+    if ctx.static:
+        return x.unsqueeze(0).expand(ctx.time_steps, *x.shape)
+    return x.transpose(0, 1)
+
+
+def _pin(ctx: Context) -> bool:
+    pin = ctx.cfg.trainer.pin_memory
+    return ctx.device.type == "cuda" if pin == "auto" else bool(pin)
+
+
+def train_loader(ds: Dataset, ctx: Context, epoch: int) -> DataLoader:
+    """A loader whose order depends only on (seed, epoch): resuming at an epoch boundary is exact."""
+    tr = ctx.cfg.trainer
+    sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=tr.seed)
+    sampler.set_epoch(epoch)
+    return DataLoader(
+        ds,
+        batch_size=tr.batch_size,
+        sampler=sampler,
+        num_workers=tr.num_workers,
+        pin_memory=_pin(ctx),
+        generator=torch.Generator().manual_seed(tr.seed * 100_003 + epoch),
+    )
+
+
+def test_loader(ds: Dataset, ctx: Context) -> DataLoader:
+    tr = ctx.cfg.trainer
+    return DataLoader(
+        ds,
+        batch_size=tr.eval_batch_size or tr.batch_size,
+        shuffle=False,
+        num_workers=tr.num_workers,
+        pin_memory=_pin(ctx),
+        persistent_workers=tr.num_workers > 0,
+    )
+
+
+def build_model(cfg: DictConfig, info: DataInfo) -> SpikingResNet:
+    m = cfg.model
+    return spiking_resnet(
+        depth=m.depth,
+        widths=tuple(m.widths),
+        in_channels=info.in_channels,
+        num_classes=info.num_classes,
+        block=m.block,
+        neuron=dict(cfg.neuron),
+        input_norm=m.input_norm,
+        shortcut_neuron=m.shortcut_neuron,
+    )
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
+        )
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+
+
+def build_scheduler(
+    cfg: DictConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler:
+    s = cfg.scheduler
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=cfg.trainer.epochs, eta_min=s.eta_min
+        )
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+# Keys whose change makes a checkpoint meaningless for this run (shapes, data, the neuron itself).
+RESUME_KEYS = ("dataset.name", "model", "neuron", "time_steps", "optimizer.name", "scheduler.name")
+
+
+def check_resume_compatible(old: dict[str, Any], new: dict[str, Any], path: Path) -> None:
+    def pick(cfg: dict[str, Any], key: str) -> Any:
+        for part in key.split("."):
+            cfg = cfg.get(part, {}) if isinstance(cfg, dict) else None
+        return cfg
+
+    def flat(value: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for k, v in value.items():
+                out.update(flat(v, f"{prefix}.{k}"))
+            return out
+        return {prefix: value}
+
+    diffs = []
+    for key in RESUME_KEYS:
+        a, b = flat(pick(old, key), key), flat(pick(new, key), key)
+        diffs += [
+            f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+        ]
+    if diffs:
+        raise CheckpointError(f"cannot resume from {path}: the config differs in {'; '.join(diffs)}")
+
+
+def progress(loader: Iterable, ctx: Context, desc: str) -> Iterable:
+    if not ctx.cfg.trainer.progress or ctx.rank != 0 or not sys.stderr.isatty():
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def format_row(row: dict[str, Any]) -> str:
+    keys = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "train_samples_per_s", "epoch_time_s")
+    return ", ".join(f"{k}={row[k]:.4g}" for k in keys if isinstance(row.get(k), (int, float)))

@@ -1,0 +1,39 @@
+"""Helpers for runner tests: compose configs with Hydra's compose API, tiny overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+# A net and data small enough that one epoch takes about a second on one core.
+TINY = [
+    "+experiment=digits",
+    "dataset.subset=96",
+    "dataset.size=8",
+    "model.depth=8",
+    "model.widths=[4,8,8]",
+    "time_steps=2",
+    "trainer.epochs=2",
+    "trainer.batch_size=32",
+    "trainer.num_workers=0",
+    "trainer.progress=false",
+    "logger.wandb.enabled=false",
+]
+
+
+def compose_cfg(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    with initialize_config_module("mlfsnn.configs", version_base="1.3"):
+        return compose(config_name, overrides=overrides or [])
+
+
+def read_metrics(run_dir: Path, drop_timing: bool = True) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    if drop_timing:
+        for row in rows:
+            for key in ("epoch_time_s", "train_samples_per_s"):
+                row.pop(key, None)
+    return rows
