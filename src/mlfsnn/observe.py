@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .neurons import MLF, mlf_dormant_mask
 
-__all__ = ["LayerStats", "NeuronMonitor"]
+__all__ = ["LayerStats", "NeuronMonitor", "SynapticOps"]
 
 
 @dataclass
@@ -106,3 +106,75 @@ class NeuronMonitor:
     def spikes_per_sample(self) -> dict[str, float]:
         """Total spike count per input sample, per layer (the basis of synaptic-operation counts)."""
         return {n: float(s.spikes) / s.samples for n, s in self.stats.items() if s.samples}
+
+
+class SynapticOps:
+    """Count synaptic operations (SOPs) per sample: every spike times the fan-out it drives.
+
+    A forward pre-hook on each ``Conv2d`` / ``Linear`` whose input is spikes adds
+    ``input.sum() * macs_per_item / input_neurons_per_item``: each spike (a count, so an MLF output
+    of 2 is two spikes) costs one accumulate per output it reaches, i.e. the layer's mean fan-out.
+    Layers fed with real values (the stem convolution, listed in ``exclude``) are counted as MACs.
+    ``ann_macs_per_sample`` is the same network run once as an ANN (no time steps).
+
+        with SynapticOps(model) as sops:
+            model(x)
+        sops.sops_per_sample(), sops.ann_macs_per_sample()
+    """
+
+    def __init__(self, model: nn.Module, exclude: tuple[str, ...] = ("conv1",)) -> None:
+        self.model = model
+        self.layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        self.exclude = set(exclude)
+        self._handles: list = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.sops: dict[str, Tensor | float] = {n: 0.0 for n in self.layers}
+        self.macs: dict[str, int] = {}
+        self.samples = 0
+
+    def _count_samples(self, module: nn.Module, args: tuple) -> None:
+        self.samples += args[0].shape[1]  # the model sees [T, B, ...]
+
+    def _make_hook(self, name: str, layer: nn.Module):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            x = args[0]  # time folded into batch: [T * B, ...]
+            macs = _macs_per_item(layer, output)
+            self.macs[name] = macs
+            if name not in self.exclude:
+                neurons = x[0].numel()
+                with torch.no_grad():
+                    self.sops[name] = self.sops[name] + x.detach().float().sum() * (macs / neurons)
+
+        return hook
+
+    def __enter__(self) -> SynapticOps:
+        self._handles.append(self.model.register_forward_pre_hook(self._count_samples))
+        for name, layer in self.layers.items():
+            self._handles.append(layer.register_forward_hook(self._make_hook(name, layer)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def per_layer(self) -> dict[str, float]:
+        """SOPs per sample for each spike-fed layer."""
+        n = max(self.samples, 1)
+        return {k: float(v) / n for k, v in self.sops.items() if k not in self.exclude}
+
+    def sops_per_sample(self) -> float:
+        return sum(self.per_layer().values())
+
+    def ann_macs_per_sample(self) -> int:
+        """MACs of the equivalent ANN for one sample (every layer once, no time steps)."""
+        return int(sum(self.macs.values()))
+
+
+def _macs_per_item(layer: nn.Module, output: Tensor) -> int:
+    if isinstance(layer, nn.Conv2d):
+        k = layer.kernel_size[0] * layer.kernel_size[1]
+        return output[0].numel() * (layer.in_channels // layer.groups) * k
+    return output[0].numel() * layer.in_features

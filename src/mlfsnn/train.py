@@ -10,6 +10,7 @@ over T steps; the loss is cross-entropy on the time-averaged logits (paper-notes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -33,7 +34,7 @@ from .checkpoint import (
 from .config import ConfigError, validate
 from .data import DataError, build_datasets
 from .loggers import MetricsLog, WandbLogger, add_file_log, environment, write_json
-from .observe import NeuronMonitor
+from .observe import NeuronMonitor, SynapticOps
 from .resnet import count_parameters
 
 log = logging.getLogger("mlfsnn")
@@ -89,13 +90,14 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate(model, loader, ctx: runtime.Context, observe: bool = True) -> dict[str, Any]:
-    """Test loss, accuracy (%) and, when ``observe``, per-layer firing rate and dormant ratio."""
+    """Test loss, accuracy (%) and, when ``observe``, per-layer firing rate, dormant ratio and SOPs."""
     model.eval()
     total_loss = correct = seen = 0.0
-    monitor = NeuronMonitor(model, dormant=True)
-    if observe:
-        monitor.attach()
-    try:
+    monitor, sops = NeuronMonitor(model, dormant=True), SynapticOps(model)
+    with contextlib.ExitStack() as stack:
+        if observe:
+            stack.enter_context(monitor)
+            stack.enter_context(sops)
         for x, y in loader:
             x, y = runtime.to_model_input(x, ctx), y.to(ctx.device, non_blocking=True)
             with ctx.autocast():
@@ -103,13 +105,13 @@ def evaluate(model, loader, ctx: runtime.Context, observe: bool = True) -> dict[
             total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             seen += y.shape[0]
-    finally:
-        monitor.detach()
     seen = max(seen, 1)
     out: dict[str, Any] = {"test_loss": total_loss / seen, "test_acc": 100.0 * correct / seen}
     if observe:
         out["firing_rate"] = monitor.firing_rate()
         out["dormant_ratio"] = monitor.dormant_ratio()
+        out["sops_per_sample"] = sops.sops_per_sample()
+        out["ann_macs_per_sample"] = sops.ann_macs_per_sample()
     return out
 
 
@@ -234,6 +236,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "wall_time_s": time.perf_counter() - t0,
         "firing_rate": (last_eval or {}).get("firing_rate"),
         "dormant_ratio": (last_eval or {}).get("dormant_ratio"),
+        "sops_per_sample": (last_eval or {}).get("sops_per_sample"),
+        "ann_macs_per_sample": (last_eval or {}).get("ann_macs_per_sample"),
         "world_size": 1,
         **environment(ctx.device),
         "config": resolved,
