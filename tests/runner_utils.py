@@ -25,9 +25,11 @@ TINY = [
 ]
 
 
-def compose_cfg(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+def compose_cfg(
+    overrides: list[str] | None = None, config_name: str = "train", return_hydra_config: bool = False
+) -> DictConfig:
     with initialize_config_module("mlfsnn.configs", version_base="1.3"):
-        return compose(config_name, overrides=overrides or [])
+        return compose(config_name, overrides=overrides or [], return_hydra_config=return_hydra_config)
 
 
 def read_metrics(run_dir: Path, drop_timing: bool = True) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ weights_only=True)`` reads it. RNG states are stored as tensors and lists for th
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import tempfile
@@ -15,11 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+log = logging.getLogger("mlfsnn")
+
 __all__ = [
     "CheckpointError",
     "capture_rng",
     "load_checkpoint",
-    "resolve_resume",
+    "load_resume_state",
+    "previous_path",
     "restore_rng",
     "save_checkpoint",
 ]
@@ -29,10 +33,15 @@ class CheckpointError(RuntimeError):
     """A missing, unreadable or incompatible checkpoint; the message is one line."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+def previous_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_previous: bool = False) -> Path:
     """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, ``os.replace``.
 
-    A crash mid-write leaves the previous file intact; readers never see a partial checkpoint.
+    A crash mid-write leaves the previous file intact; readers never see a partial checkpoint. With
+    ``keep_previous`` the file being replaced survives as ``<name>.prev.pt``, a fallback for resume.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +51,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -64,23 +75,35 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """Map ``trainer.resume`` to a checkpoint file, or None to start fresh.
+def load_resume_state(
+    resume: str | None, run_dir: Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], Path] | tuple[None, None]:
+    """Load the checkpoint ``trainer.resume`` points at; ``(None, None)`` to start fresh.
 
-    ``auto``: this run directory's ``checkpoints/last.pt`` if it exists; a directory: its
-    ``checkpoints/last.pt``; a file: itself.
+    ``auto``: this run directory's ``checkpoints/last.pt``, or nothing if there is none yet; a
+    directory: its ``checkpoints/last.pt``; a file: itself. For ``auto`` and directories a corrupt
+    ``last.pt`` falls back to ``last.prev.pt`` (the one before), with a warning.
     """
     if resume is None or resume == "":
-        return None
-    if resume == "auto":
-        last = run_dir / "checkpoints" / "last.pt"
-        return last if last.is_file() else None
-    path = Path(os.path.expanduser(resume))
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
-    if not path.is_file():
-        raise CheckpointError(f"trainer.resume={resume!r}: no checkpoint at {path}")
-    return path
+        return None, None
+    target = run_dir if resume == "auto" else Path(os.path.expanduser(resume))
+    if target.is_dir():
+        last = target / "checkpoints" / "last.pt"
+        candidates = [p for p in (last, previous_path(last)) if p.is_file()]
+        if not candidates:
+            if resume == "auto":
+                return None, None
+            raise CheckpointError(f"trainer.resume={resume!r}: no checkpoint at {last}")
+        for i, path in enumerate(candidates):
+            try:
+                return load_checkpoint(path, map_location), path
+            except CheckpointError as exc:
+                if i == len(candidates) - 1:
+                    raise
+                log.warning("%s; falling back to %s", exc, candidates[i + 1])
+    if not target.is_file():
+        raise CheckpointError(f"trainer.resume={resume!r}: no checkpoint at {target}")
+    return load_checkpoint(target, map_location), target
 
 
 def capture_rng() -> dict[str, Any]:

@@ -45,9 +45,11 @@ def write_json(path: Path, obj: Any) -> None:
 class MetricsLog:
     """``metrics.jsonl``: appended and flushed once per epoch; rewritten from history on resume."""
 
-    def __init__(self, path: Path, history: list[dict[str, Any]] | None = None) -> None:
-        self.path = path
+    def __init__(self, path: Path | None, history: list[dict[str, Any]] | None = None) -> None:
+        self.path = path  # None: keep the history in memory only (ranks other than 0)
         self.history: list[dict[str, Any]] = list(history or [])
+        if path is None:
+            return
         # Rewriting drops epochs logged after the checkpoint we resume from (a crash between the two).
         with open(path, "w") as f:
             for row in self.history:
@@ -55,6 +57,8 @@ class MetricsLog:
 
     def append(self, row: dict[str, Any]) -> None:
         self.history.append(row)
+        if self.path is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(_clean(row)) + "\n")
             f.flush()
@@ -105,7 +109,7 @@ class WandbLogger:
 
     def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any], name: str) -> None:
         self.run = None
-        if not cfg.enabled:
+        if cfg is None or not cfg.enabled:
             return
         mode = cfg.mode or os.environ.get("WANDB_MODE") or "offline"
         if mode not in ("online", "offline", "disabled"):

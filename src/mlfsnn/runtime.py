@@ -6,7 +6,7 @@ import contextlib
 import os
 import random
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import DataInfo
+from .distributed import all_reduce_sum
+from .observe import NeuronMonitor, SynapticOps
 from .resnet import SpikingResNet, spiking_resnet
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -76,26 +78,75 @@ def _pin(ctx: Context) -> bool:
     return ctx.device.type == "cuda" if pin == "auto" else bool(pin)
 
 
-def train_loader(ds: Dataset, ctx: Context, epoch: int) -> DataLoader:
-    """A loader whose order depends only on (seed, epoch): resuming at an epoch boundary is exact."""
+class EpochSampler(Sampler[int]):
+    """This rank's share of a permutation that depends only on (seed, epoch), minus ``skip`` samples.
+
+    Padding repeats the first indices so every rank gets the same count (as DistributedSampler).
+    Skipping lets a run resumed mid-epoch see exactly the batches it had not seen yet.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, skip: int = 0) -> None:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        total = -(-n // world) * world
+        perm += perm[: total - n]
+        self.indices = perm[rank::world][skip:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class SeededSamples(Dataset):
+    """Sample ``i`` of epoch ``e`` draws the same random augmentation whichever worker loads it.
+
+    That makes runs reproducible across ``num_workers`` and mid-epoch resumes exact.
+    """
+
+    def __init__(self, ds: Dataset, seed: int, epoch: int) -> None:
+        self.ds, self.seed, self.epoch = ds, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.ds)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % 2**62)
+        return self.ds[i]
+
+
+def local_batch_size(ctx: Context) -> int:
+    batch = ctx.cfg.trainer.batch_size
+    if batch % ctx.world_size:
+        raise ConfigError(
+            f"trainer.batch_size={batch} is invalid: the global batch must divide by the "
+            f"{ctx.world_size} processes"
+        )
+    return batch // ctx.world_size
+
+
+def train_loader(ds: Dataset, ctx: Context, epoch: int, skip_batches: int = 0) -> DataLoader:
+    """Batches of this rank for ``epoch``; the order depends only on (seed, epoch)."""
     tr = ctx.cfg.trainer
-    sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=tr.seed)
-    sampler.set_epoch(epoch)
+    batch = local_batch_size(ctx)
+    sampler = EpochSampler(len(ds), tr.seed, epoch, ctx.rank, ctx.world_size, skip_batches * batch)
     return DataLoader(
-        ds,
-        batch_size=tr.batch_size,
+        SeededSamples(ds, tr.seed, epoch),
+        batch_size=batch,
         sampler=sampler,
         num_workers=tr.num_workers,
         pin_memory=_pin(ctx),
-        generator=torch.Generator().manual_seed(tr.seed * 100_003 + epoch),
     )
 
 
 def test_loader(ds: Dataset, ctx: Context) -> DataLoader:
+    """This rank's share of the test set (no padding: the reduced counts stay exact)."""
     tr = ctx.cfg.trainer
+    if ctx.world_size > 1:
+        ds = Subset(ds, range(ctx.rank, len(ds), ctx.world_size))  # type: ignore[arg-type]
     return DataLoader(
         ds,
-        batch_size=tr.eval_batch_size or tr.batch_size,
+        batch_size=tr.eval_batch_size or local_batch_size(ctx),
         shuffle=False,
         num_workers=tr.num_workers,
         pin_memory=_pin(ctx),
@@ -137,6 +188,39 @@ def build_scheduler(
             optimizer, T_max=cfg.trainer.epochs, eta_min=s.eta_min
         )
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def wrap_data_parallel(model: nn.Module, ctx: Context) -> nn.Module:
+    """DistributedDataParallel under torchrun (and synchronised tdBN with ``trainer.sync_bn``)."""
+    if ctx.world_size <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .distributed import enable_sync_tdbn
+
+    if ctx.cfg.trainer.get("sync_bn", False):
+        enable_sync_tdbn(model)
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def reduce_observations(monitor: NeuronMonitor, sops: SynapticOps, ctx: Context) -> None:
+    """Sum every rank's neuron statistics and SOPs into each rank's monitors (no-op on one process)."""
+    if ctx.world_size <= 1:
+        return
+    names = list(monitor.stats)
+    values = []
+    for n in names:
+        st = monitor.stats[n]
+        values += [float(st.spikes), st.neuron_steps, float(st.dormant), st.units, st.samples]
+    values += [float(v) for v in sops.sops.values()] + [sops.samples]
+    values = all_reduce_sum(values, ctx.device)
+    for i, n in enumerate(names):
+        st = monitor.stats[n]
+        st.spikes, st.neuron_steps, st.dormant, st.units, st.samples = values[5 * i : 5 * i + 5]
+    rest = values[5 * len(names) :]
+    sops.sops = dict(zip(sops.sops, rest[:-1], strict=True))
+    sops.samples = int(rest[-1])
 
 
 # Keys whose change makes a checkpoint meaningless for this run (shapes, data, the neuron itself).

@@ -39,7 +39,7 @@ class TdBatchNorm(nn.BatchNorm2d):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine, track_running_stats=True)
         self.threshold = float(threshold)
         self.alpha = float(alpha)
-        # Hook point for synchronising the moments across processes (data-parallel training).
+        # Set by mlfsnn.distributed.enable_sync_tdbn: (x, mean, var) -> global (mean, var, n).
         self.moment_reducer = None
 
     def _check_input_dim(self, x: Tensor) -> None:
@@ -61,9 +61,14 @@ class TdBatchNorm(nn.BatchNorm2d):
         if self.training:
             mean = x.mean(dims, keepdim=True)
             var = x.var(dims, keepdim=True, unbiased=False)
-            if self.moment_reducer is not None:
-                mean, var = self.moment_reducer(x, mean, var)
-            self._update_running_stats(mean, var, x.numel() / x.shape[1])
+            n = x.numel() / x.shape[1]
+            if n <= 1:
+                raise ValueError(
+                    f"TdBatchNorm needs more than 1 value per channel in training, got shape {tuple(shape)}"
+                )
+            if self.moment_reducer is not None:  # data-parallel: moments of the global batch
+                mean, var, n = self.moment_reducer(x, mean, var)
+            self._update_running_stats(mean, var, n)
         else:
             mean = self.running_mean.view(view)
             var = self.running_var.view(view)

@@ -1,0 +1,52 @@
+"""Stop cleanly on SIGTERM / SIGUSR1 (what SLURM and torchrun send before killing a job).
+
+The handler only sets a flag; the training loop checks it at the next step boundary, writes a
+checkpoint and exits. Whatever handler was installed before (e.g. submitit's requeue handler) is
+called afterwards, so cluster launchers keep working.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+__all__ = ["PreemptionGuard"]
+
+DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class PreemptionGuard:
+    def __init__(self, signals: tuple[signal.Signals, ...] = DEFAULT_SIGNALS) -> None:
+        self.signals = signals
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+
+    def __enter__(self) -> PreemptionGuard:
+        if threading.current_thread() is threading.main_thread():  # signals can only be set there
+            for s in self.signals:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    def chain(self) -> None:
+        """Call the handler that was installed before ours, if it was a Python callable."""
+        previous = self._previous.get(self.signum) if self.signum is not None else None
+        if callable(previous):
+            previous(self.signum, None)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
