@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from runner_utils import TINY, read_metrics
 
 from mlfsnn.checkpoint import load_checkpoint
+from runner_utils import TINY, read_metrics
 
 DDP = [*TINY, "trainer.epochs=1", "scheduler=constant", "trainer.deterministic=true", "dataset.subset=64"]
 

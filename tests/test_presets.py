@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from runner_utils import compose_cfg
 
 from mlfsnn.config import validate
+from runner_utils import compose_cfg
 
 PRESETS = {
     "ablation_levels_cifar10": 6,
