@@ -49,5 +49,6 @@ def test_depth_sweep_variants_set_block_and_levels() -> None:
 
 
 def test_levels_ablation_covers_k_and_block() -> None:
-    combos = {(compose_cfg(j).neuron.levels, compose_cfg(j).model.block) for j in expand("ablation_levels_cifar10")}
+    cfgs = [compose_cfg(job) for job in expand("ablation_levels_cifar10")]
+    combos = {(cfg.neuron.levels, cfg.model.block) for cfg in cfgs}
     assert combos == {(k, b) for k in (1, 2, 3) for b in ("ds", "plain")}

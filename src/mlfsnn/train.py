@@ -402,10 +402,8 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if rank0 and summary["status"] == "preempted":
-        print(
-            f"stopped by a signal, checkpoint saved; continue with trainer.resume=auto hydra.run.dir={run_dir}",
-            file=sys.stderr,
-        )
+        hint = f"trainer.resume=auto hydra.run.dir={run_dir}"
+        print(f"stopped by a signal, checkpoint saved; continue with: {hint}", file=sys.stderr)
     elif rank0:
         print(f"run directory: {run_dir}", file=sys.stderr)
     return summary.get("best_test_acc")  # the sweep objective
