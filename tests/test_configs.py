@@ -109,3 +109,19 @@ def test_invalid_values_name_key_value_and_allowed(override: str, key: str) -> N
     assert message.startswith(f"{key}=") and "\n" not in message
     assert value.strip("[]").split(",")[0] in message
     assert "expected" in message
+
+
+@pytest.mark.parametrize(
+    ("launcher", "plugin"),
+    [
+        ("slurm", "hydra_plugins.hydra_submitit_launcher"),
+        ("local_parallel", "hydra_plugins.hydra_joblib_launcher"),
+    ],
+)
+def test_cluster_launchers_compose(launcher: str, plugin: str) -> None:
+    pytest.importorskip(plugin)
+    cfg = compose_cfg(["+experiment=depth_cifar10", f"hydra/launcher={launcher}"], return_hydra_config=True)
+    target = cfg.hydra.launcher._target_
+    assert ("Slurm" in target) if launcher == "slurm" else ("Joblib" in target)
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.signal_delay_s > 0 and cfg.hydra.launcher.gpus_per_node == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -41,7 +42,7 @@ def _number(
     v = _get(cfg, key)
     if v is None and optional:
         return
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and v == v
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
     if ok and low is not None:
         ok = v > low if strict_low else v >= low
     if ok and high is not None:

@@ -42,6 +42,12 @@ def is_distributed() -> bool:
 
 def init_distributed(device_type: str) -> tuple[int, int, int]:
     """Join the torchrun process group (nccl on GPU, gloo on CPU); returns (rank, world, local_rank)."""
+    if "WORLD_SIZE" not in os.environ and os.environ.get("SUBMITIT_FOLDER") and int(
+        os.environ.get("SLURM_NTASKS", "1")
+    ) > 1:  # a multi-task SLURM job from the submitit launcher: map its task ids to torch's variables
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     world = env_world_size()
     if world <= 1:
         return 0, 1, 0
