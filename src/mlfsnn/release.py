@@ -4,7 +4,7 @@ The release names its layers differently: blocks sit under ``layerN.execute.i``,
 ``BatchNorm2d`` as ``.bn``, the classifier is ``voting`` and DataParallel adds ``module.``. The
 tensors themselves are the same, so a converted state dict gives the same outputs.
 
-    sd = torch.load("ResNet20_DVSGesture.pth", weights_only=True)   # the release's state dict
+    sd = torch.load("result_gesture.pth", weights_only=True)   # {"model": state_dict, "epoch": n}
     model = mlfsnn.create_model("dvs_gesture")
     model.load_state_dict(convert_release_state_dict(sd))
 """
@@ -28,8 +28,10 @@ _RULES = [
 
 def convert_release_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Rename the release's keys to mlfsnn's (unknown keys pass through, so a load reports them)."""
-    if "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]  # some release checkpoints wrap the weights
+    for wrapper in ("model", "state_dict"):  # the release saves {"model": state_dict, "epoch": n}
+        if isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+            break
     out = {}
     for key, value in state.items():
         for pattern, repl in _RULES:
