@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .report import Row
+    from .report_runs import Row
 
 __all__ = ["Plot", "accuracy_curve", "layer_means", "make_plots", "short_labels"]
 
