@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
-from runner_utils import compose_cfg
 
 from mlfsnn.config import ConfigError, validate
+from runner_utils import compose_cfg
 
 BASE = compose_cfg(["+experiment=digits"])
 KEYS = [

@@ -12,24 +12,29 @@ Surrogate: ``dH/du = 1[|u - th_k| < width / 2] / width``; the windows of neighbo
 the region with a gradient grows from ``width`` to ``K * width``. The gradient also flows through the
 reset term ``(1 - o_k[t-1])`` unless ``detach_reset``.
 
-Two implementations sit behind :func:`mlf`:
+Three implementations sit behind :func:`mlf`:
 
 * :func:`mlf_reference` - the equations written out, one autograd op chain per level per step (the
   authors' formulation). It is the ground truth the tests and benchmarks compare against.
 * :class:`_MLFFunction` - all levels vectorised and one autograd node for the whole time loop with
   a hand-derived backward through time. It saves only the input and recomputes the potentials in
   backward, so a layer's activation memory does not grow with K.
+* :mod:`mlfsnn.kernels` - the same derivation as compiled kernels (C/OpenMP on CPU, Triton on CUDA);
+  the default, with this module's vectorised path as the fallback.
 
-Both produce bit-identical spikes: they evaluate ``(decay * u) * (1 - o) + x`` in the same order.
+All produce bit-identical spikes: they evaluate ``(decay * u) * (1 - o) + x`` in the same order.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from . import kernels
 
 __all__ = ["MLF", "SpikeFn", "check_neuron_args", "level_thresholds", "mlf", "mlf_reference"]
 
@@ -38,10 +43,10 @@ def check_neuron_args(levels: Any, threshold: Any, width: Any, decay: Any) -> No
     """Raise ``ValueError`` naming the argument, its value and what is allowed."""
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
         raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise ValueError(f"threshold must be a real number, got {threshold!r}")
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise ValueError(f"width must be a number > 0, got {width!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite real number, got {threshold!r}")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width < math.inf:
+        raise ValueError(f"width must be a finite number > 0, got {width!r}")
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay <= 1.0:
         raise ValueError(f"decay must be a number in [0, 1], got {decay!r}")
 
@@ -79,6 +84,7 @@ def mlf_reference(
 
     ``x``: input currents ``[T, ...]``; returns spike counts of the same shape and dtype.
     """
+    check_neuron_args(levels, threshold, width, decay)
     outs = []
     us = [torch.zeros_like(x[0]) for _ in range(levels)]
     os_ = [torch.zeros_like(x[0]) for _ in range(levels)]
@@ -164,6 +170,9 @@ class _MLFFunction(torch.autograd.Function):
         return grad_x, None, None, None, None
 
 
+MLF_BACKENDS = ("auto", "fused", "vectorized", "reference")
+
+
 def mlf(
     x: Tensor,
     levels: int = 3,
@@ -171,16 +180,37 @@ def mlf(
     width: float = 1.0,
     decay: float = 0.25,
     detach_reset: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     """Functional MLF over ``x: [T, ...]``; returns spike counts in ``x.dtype``.
 
-    Potentials are kept in fp32 whatever the input dtype (bf16 membranes would drift), and the
-    counts ``0..K`` are exact in every float dtype.
+    Potentials are kept in fp32 for fp32/bf16/fp16 input (half-precision membranes would drift) and
+    in fp64 for fp64 input (the vectorised path; the kernels are fp32); the counts ``0..K`` are exact
+    in every float dtype.
+
+    ``backend``: ``"auto"`` uses the fused kernel (:mod:`mlfsnn.kernels`: C/OpenMP on CPU, Triton
+    on CUDA) and falls back to ``"vectorized"`` with a one-time warning where it cannot run;
+    ``"fused"`` raises instead of falling back; ``"vectorized"`` is :class:`_MLFFunction`;
+    ``"reference"`` is :func:`mlf_reference` on the fp32 input. All give identical spikes.
     """
     if x.dim() < 1:
         raise ValueError(f"x must have a leading time dimension, got shape {tuple(x.shape)}")
+    if backend not in MLF_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(MLF_BACKENDS)}, got {backend!r}")
+    check_neuron_args(levels, threshold, width, decay)
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if backend == "reference":
+        return mlf_reference(x.to(compute), levels, threshold, width, decay, detach_reset).to(x.dtype)
+    if backend in ("auto", "fused") and compute == torch.float32:
+        ths = level_thresholds(levels, threshold, width)
+        auto = backend == "auto"
+        out = kernels.fused_mlf(x, ths, float(width), float(decay), bool(detach_reset), warn=auto)
+        if out is not None:
+            return out
+        if backend == "fused":
+            raise RuntimeError(f"fused MLF kernel unavailable: {kernels.fused_unavailable_reason(x.device)}")
     shape, dtype = x.shape, x.dtype
-    flat = x.reshape(shape[0], -1).float()
+    flat = x.reshape(shape[0], -1).to(compute)
     th = torch.tensor(level_thresholds(levels, threshold, width), dtype=flat.dtype, device=x.device)
     th = th.unsqueeze(1)
     if torch.is_grad_enabled() and x.requires_grad:
