@@ -22,12 +22,16 @@ import numpy as np
 
 Event = tuple[int, int, int, int]
 
-AEDAT31_HEADER = (b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n"
-                  b"#Start-Time: 2017-06-01 12:00:00 (TZ+0000)\r\n#!END-HEADER\r\n")
-AEDAT2_HEADER = (b"#!AER-DAT2.0\r\n# This is a raw AE data file - do not edit\r\n"
-                 b"# Data format is int32 address, int32 timestamp (8 bytes total), "
-                 b"repeated for each event\r\n"
-                 b"# Timestamps tick is 1 us\r\n# created Thu Dec 03 13:51:48 CST 2015\r\n")
+AEDAT31_HEADER = (
+    b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n"
+    b"#Start-Time: 2017-06-01 12:00:00 (TZ+0000)\r\n#!END-HEADER\r\n"
+)
+AEDAT2_HEADER = (
+    b"#!AER-DAT2.0\r\n# This is a raw AE data file - do not edit\r\n"
+    b"# Data format is int32 address, int32 timestamp (8 bytes total), "
+    b"repeated for each event\r\n"
+    b"# Timestamps tick is 1 us\r\n# created Thu Dec 03 13:51:48 CST 2015\r\n"
+)
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _HDR = struct.Struct("<hhiiiiii")
 
@@ -70,8 +74,9 @@ def labels_csv(rows: Iterable[tuple[int, int, int]]) -> bytes:
     return ("class,startTime_usec,endTime_usec\r\n" + body).encode()
 
 
-def gesture_trial(rows: Sequence[tuple[int, int, int]], seed: int, per_row: int = 40,
-                  gap_events: int = 5) -> list[Event]:
+def gesture_trial(
+    rows: Sequence[tuple[int, int, int]], seed: int, per_row: int = 40, gap_events: int = 5
+) -> list[Event]:
     """Random events inside every label window plus a few between windows, sorted by time."""
     rng = np.random.default_rng(seed)
     events: list[Event] = []
@@ -85,8 +90,12 @@ def gesture_trial(rows: Sequence[tuple[int, int, int]], seed: int, per_row: int 
     return sorted(events, key=lambda e: e[2])
 
 
-def write_gesture(root: Path, trials: dict[str, tuple[list[Event], list[tuple[int, int, int]]]],
-                  archive: bool = False, lists: bool = True) -> Path:
+def write_gesture(
+    root: Path,
+    trials: dict[str, tuple[list[Event], list[tuple[int, int, int]]]],
+    archive: bool = False,
+    lists: bool = True,
+) -> Path:
     """``root/DvsGesture/`` (or ``root/DvsGesture.tar.gz`` with ``archive``); returns what was written."""
     files: dict[str, bytes] = {}
     for name, (events, rows) in sorted(trials.items()):
@@ -125,14 +134,20 @@ def cifar_events(seed: int, n: int = 60, duration_us: int = 150_000, t0: int = 0
     return [(int(x), int(y), int(ti), int(p)) for (x, y, p), ti in zip(xyp, t, strict=True)]
 
 
-def write_cifar10_dvs(root: Path, per_class: int = 10, zipped: bool = False,
-                      events: dict[tuple[str, int], list[Event]] | None = None) -> Path:
+def write_cifar10_dvs(
+    root: Path,
+    per_class: int = 10,
+    zipped: bool = False,
+    events: dict[tuple[str, int], list[Event]] | None = None,
+) -> Path:
     """``root/<class>/cifar10_<class>_<i>.aedat`` or ``root/<class>.zip`` holding ``<class>/...``."""
     root.mkdir(parents=True, exist_ok=True)
     events = events or {}
     for ci, cls in enumerate(CIFAR_CLASSES):
-        files = {f"cifar10_{cls}_{i}.aedat": aedat2_bytes(events.get((cls, i)) or cifar_events(1000 * ci + i))
-                 for i in range(per_class)}
+        files = {
+            f"cifar10_{cls}_{i}.aedat": aedat2_bytes(events.get((cls, i)) or cifar_events(1000 * ci + i))
+            for i in range(per_class)
+        }
         if zipped:
             with zipfile.ZipFile(root / f"{cls}.zip", "w") as zf:
                 for name, data in files.items():

@@ -16,8 +16,13 @@ ROWS = [(1, 10_000, 30_000), (5, 40_000, 60_000), (11, 70_000, 90_000)]
 def gesture_args(tmp_path: Path) -> list[str]:
     trials = {f"user{u:02d}_led": (gesture_trial(ROWS, u), ROWS) for u in (1, 2, 25)}
     write_gesture(tmp_path / "g", trials, archive=True)
-    return ["dataset=dvs_gesture", f"dataset.root={tmp_path / 'g'}", f"paths.cache_dir={tmp_path / 'cache'}",
-            "time_steps=4", "dataset.bin_ms=1"]
+    return [
+        "dataset=dvs_gesture",
+        f"dataset.root={tmp_path / 'g'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "time_steps=4",
+        "dataset.bin_ms=1",
+    ]
 
 
 def test_prepare_reports_splits_classes_and_statistics(gesture_args, capsys) -> None:
@@ -45,8 +50,11 @@ def test_info_compares_found_with_expected(gesture_args, capsys) -> None:
 
 
 def test_info_and_prepare_on_missing_data(tmp_path, capsys) -> None:
-    args = ["+experiment=cifar10_dvs", f"dataset.root={tmp_path / 'none'}",
-            f"paths.cache_dir={tmp_path / 'c'}"]
+    args = [
+        "+experiment=cifar10_dvs",
+        f"dataset.root={tmp_path / 'none'}",
+        f"paths.cache_dir={tmp_path / 'c'}",
+    ]
     assert main(["info", *args]) == 1
     out = capsys.readouterr().out
     assert "airplane: MISSING" in out and "figshare.com/articles/dataset/CIFAR10-DVS_New/4724671" in out
@@ -60,8 +68,13 @@ def test_info_and_prepare_on_missing_data(tmp_path, capsys) -> None:
 
 def test_cifar_prepare_and_bench(tmp_path, capsys) -> None:
     root = write_cifar10_dvs(tmp_path / "c", per_class=10, zipped=True)
-    args = ["+experiment=cifar10_dvs", f"dataset.root={root}", f"paths.cache_dir={tmp_path / 'cache'}",
-            "trainer.num_workers=0", "trainer.batch_size=8"]
+    args = [
+        "+experiment=cifar10_dvs",
+        f"dataset.root={root}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "trainer.num_workers=0",
+        "trainer.batch_size=8",
+    ]
     assert main(["bench", *args]) == 1
     assert "no prepared cache" in capsys.readouterr().err
     assert main(["prepare", *args]) == 0

@@ -24,22 +24,43 @@ from test_events import reference_frames
 
 ROWS = [(1, 10_000, 30_000), (5, 40_000, 60_000), (11, 70_000, 90_000)]
 # a recording with hand-placed events: (x, y, t, p)
-KNOWN = [(60, 60, 9_999, 1), (0, 0, 10_005, 1), (7, 5, 11_004, 0), (8, 127, 11_005, 1), (127, 127, 14_004, 1),
-         (50, 50, 14_005, 1), (3, 3, 19_999, 0)] + [(4, 4, 30_000, 0)] * 2 + [(9, 9, 30_500, 1)] * 300 + [
-         (1, 1, 60_000, 0)]
+KNOWN = (
+    [
+        (60, 60, 9_999, 1),
+        (0, 0, 10_005, 1),
+        (7, 5, 11_004, 0),
+        (8, 127, 11_005, 1),
+        (127, 127, 14_004, 1),
+        (50, 50, 14_005, 1),
+        (3, 3, 19_999, 0),
+    ]
+    + [(4, 4, 30_000, 0)] * 2
+    + [(9, 9, 30_500, 1)] * 300
+    + [(1, 1, 60_000, 0)]
+)
 KNOWN_ROWS = [(3, 10_000, 20_000), (3, 30_000, 50_000)]
 
 
 def gesture_trials() -> dict:
-    trials = {f"user{u:02d}_{light}": (gesture_trial(ROWS, 10 * u + i), ROWS)
-              for u in (1, 2, 24) for i, light in enumerate(("led", "lab"))}
+    trials = {
+        f"user{u:02d}_{light}": (gesture_trial(ROWS, 10 * u + i), ROWS)
+        for u in (1, 2, 24)
+        for i, light in enumerate(("led", "lab"))
+    }
     trials["user03_natural"] = (KNOWN, KNOWN_ROWS)
     return trials
 
 
 def build(tmp_path: Path, *overrides: str, dataset: str = "dvs_gesture"):
-    cfg = compose([f"dataset={dataset}", f"paths.cache_dir={tmp_path / 'cache'}", "time_steps=4",
-                   "dataset.bin_ms=1", *overrides])
+    cfg = compose(
+        [
+            f"dataset={dataset}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "time_steps=4",
+            "dataset.bin_ms=1",
+            *overrides,
+        ]
+    )
     return build_datasets(cfg.dataset, cfg.time_steps)
 
 
@@ -98,8 +119,9 @@ def test_gesture_archive_equals_folder(tmp_path, gesture_root) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_gesture_cache_hit_never_parses_and_changes_make_new_entries(tmp_path, gesture_root,
-                                                                     monkeypatch) -> None:
+def test_gesture_cache_hit_never_parses_and_changes_make_new_entries(
+    tmp_path, gesture_root, monkeypatch
+) -> None:
     import mlfsnn.data.dvs_gesture as dg
 
     _, _, first = build(tmp_path, f"dataset.root={gesture_root}")
@@ -174,8 +196,9 @@ def test_gesture_trial_lists_are_checked(tmp_path, gesture_root) -> None:
 
 def test_gesture_tonic_source(tmp_path) -> None:
     loc = write_tonic_gesture(tmp_path / "tn", {"train": range(1, 11), "test": range(24, 34)})
-    train, test, info = build(tmp_path, f"dataset.root={tmp_path / 'tn'}", "dataset.source=tonic",
-                              "dataset.download=false")
+    train, test, info = build(
+        tmp_path, f"dataset.root={tmp_path / 'tn'}", "dataset.source=tonic", "dataset.download=false"
+    )
     assert (len(train), len(test)) == (110, 110) and info.source.startswith("tonic:")
     assert any("not the paper's split" in n for n in info.notes)
     raw = np.load(loc / "ibmGestureTrain" / "user01_led" / "7.npy")
@@ -199,14 +222,22 @@ def test_gesture_parallel_prepare_matches(tmp_path, gesture_root) -> None:
 
 # --- CIFAR10-DVS ----------------------------------------------------------------------------------
 
-CIFAR_KNOWN = [(76, 76, 1_000, 1), (0, 127, 1_000, 0), (127, 3, 10_999, 1), (5, 5, 11_000, 0),
-               (9, 9, 100_999, 1), (9, 9, 101_000, 1), (9, 9, 300_000, 0)]
+CIFAR_KNOWN = [
+    (76, 76, 1_000, 1),
+    (0, 127, 1_000, 0),
+    (127, 3, 10_999, 1),
+    (5, 5, 11_000, 0),
+    (9, 9, 100_999, 1),
+    (9, 9, 101_000, 1),
+    (9, 9, 300_000, 0),
+]
 
 
 def test_cifar_original_split_and_exact_frames(tmp_path) -> None:
     root = write_cifar10_dvs(tmp_path / "c", per_class=12, events={("bird", 11): CIFAR_KNOWN})
-    train, test, info = build(tmp_path, f"dataset.root={root}", "time_steps=10", "dataset.bin_ms=10",
-                              dataset="cifar10_dvs")
+    train, test, info = build(
+        tmp_path, f"dataset.root={root}", "time_steps=10", "dataset.bin_ms=10", dataset="cifar10_dvs"
+    )
     assert (len(train), len(test)) == (110, 10) and info.size == (42, 42) and info.num_classes == 10
     meta = json.loads((Path(info.extra["cache"]) / "meta.json").read_text())
     test_ids = meta["splits"]["test"]["ids"]
@@ -225,19 +256,36 @@ def test_cifar_zip_equals_folder_and_shuffled_split(tmp_path) -> None:
     _, _, b = build(tmp_path, f"dataset.root={zipped}", dataset="cifar10_dvs")
     fa, fb = frames_by_id(a), frames_by_id(b)
     assert all(torch.equal(fa[k], fb[f"{k.split('/')[0]}.zip:{k}"]) for k in fa)
-    _, _, s1 = build(tmp_path, f"dataset.root={folder}", "dataset.split=shuffled", "dataset.split_seed=3",
-                     dataset="cifar10_dvs")
+    _, _, s1 = build(
+        tmp_path,
+        f"dataset.root={folder}",
+        "dataset.split=shuffled",
+        "dataset.split_seed=3",
+        dataset="cifar10_dvs",
+    )
     ids = json.loads((Path(s1.extra["cache"]) / "meta.json").read_text())["splits"]["test"]["ids"]
     assert len(ids) == 10 and not all(i.endswith("_9.aedat") for i in ids)
-    _, _, s2 = build(tmp_path / "again", f"dataset.root={folder}", "dataset.split=shuffled",
-                     "dataset.split_seed=3", dataset="cifar10_dvs")
+    _, _, s2 = build(
+        tmp_path / "again",
+        f"dataset.root={folder}",
+        "dataset.split=shuffled",
+        "dataset.split_seed=3",
+        dataset="cifar10_dvs",
+    )
     assert json.loads((Path(s2.extra["cache"]) / "meta.json").read_text())["splits"]["test"]["ids"] == ids
 
 
 def test_cifar_uniform_framing(tmp_path) -> None:
     root = write_cifar10_dvs(tmp_path / "c", per_class=10, events={("cat", 0): CIFAR_KNOWN})
-    _, _, info = build(tmp_path, f"dataset.root={root}", "dataset.framing=uniform", "dataset.size=48",
-                       "dataset.divisor=null", "dataset.transpose=false", dataset="cifar10_dvs")
+    _, _, info = build(
+        tmp_path,
+        f"dataset.root={root}",
+        "dataset.framing=uniform",
+        "dataset.size=48",
+        "dataset.divisor=null",
+        "dataset.transpose=false",
+        dataset="cifar10_dvs",
+    )
     f = frames_by_id(info)["cat/cifar10_cat_0.aedat"]
     assert f.shape == (4, 2, 48, 48) and f.sum() == len(CIFAR_KNOWN) and f[3, 0, 3, 3] == 1  # 9 * 0.375
 
@@ -253,8 +301,9 @@ def test_cifar_bad_input(tmp_path) -> None:
     with pytest.raises(DataError, match=rf"{bad}: truncated"):
         build(tmp_path, f"dataset.root={root}", dataset="cifar10_dvs")
     (root / "dog" / "cifar10_dog_5.aedat").write_bytes(aedat31_bytes([(1, 1, 5, 0)]))
-    train, test, info = build(tmp_path, f"dataset.root={root}", "dataset.skip_corrupt=true",
-                              dataset="cifar10_dvs")
+    train, test, info = build(
+        tmp_path, f"dataset.root={root}", "dataset.skip_corrupt=true", dataset="cifar10_dvs"
+    )
     assert info.extra["skipped_corrupt_files"] == 2 and len(train) + len(test) == 98
 
 

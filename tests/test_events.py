@@ -35,8 +35,9 @@ def as_tuples(ev: np.ndarray) -> list[tuple[int, int, int, int]]:
     return [(int(e["x"]), int(e["y"]), int(e["t"]), int(e["p"])) for e in ev]
 
 
-def reference_frames(rows, steps: int, bin_us: int, div: float, size: int, origin: int,
-                     transpose: bool = False) -> np.ndarray:
+def reference_frames(
+    rows, steps: int, bin_us: int, div: float, size: int, origin: int, transpose: bool = False
+) -> np.ndarray:
     """The paper's framing written out event by event (Python float floor division like the release)."""
     out = np.zeros((steps, 2, size, size), dtype=np.int64)
     for x, y, t, p in rows:
@@ -48,6 +49,7 @@ def reference_frames(rows, steps: int, bin_us: int, div: float, size: int, origi
 
 
 # --- AEDAT 3.1 ------------------------------------------------------------------------------------
+
 
 def test_aedat31_keeps_polarity_packets_only() -> None:
     buf = aedat31_bytes(EVENTS, per_packet=2)  # special + IMU6 packets between the polarity packets
@@ -109,6 +111,7 @@ def test_validate_events_sorts_third_party_copies_only_when_asked() -> None:
 
 # --- AEDAT 2.0 ------------------------------------------------------------------------------------
 
+
 def test_aedat2_decodes_like_the_release_and_agrees_with_tonic(tmp_path) -> None:
     import tonic.io
 
@@ -140,14 +143,18 @@ def test_aedat2_truncated_is_an_error_where_tonic_drops_the_tail(tmp_path) -> No
 
 # --- framing --------------------------------------------------------------------------------------
 
+
 def test_paper_framing_known_events() -> None:
     """Bins [origin + i*bin, origin + (i+1)*bin), polarity channels, 4x4 sum pooling."""
-    rows = [(60, 60, 999, 1),                  # before the start: not used
-            (0, 0, 1005, 1),                   # origin (first event at/after start=1000)
-            (7, 5, 1005 + 999, 0), (4, 6, 1005 + 999, 0),  # same bin, same pooled pixel (1, 1)
-            (8, 127, 1005 + 1000, 1),          # bin 1, row 31, col 2
-            (127, 127, 1005 + 3999, 1),        # last bin
-            (50, 50, 1005 + 4000, 1)]          # one past the window: not used
+    rows = [
+        (60, 60, 999, 1),  # before the start: not used
+        (0, 0, 1005, 1),  # origin (first event at/after start=1000)
+        (7, 5, 1005 + 999, 0),
+        (4, 6, 1005 + 999, 0),  # same bin, same pooled pixel (1, 1)
+        (8, 127, 1005 + 1000, 1),  # bin 1, row 31, col 2
+        (127, 127, 1005 + 3999, 1),  # last bin
+        (50, 50, 1005 + 4000, 1),
+    ]  # one past the window: not used
     spec = FrameSpec(time_steps=4, bin_us=1000, size=32)
     f = frame_events(as_events(rows), spec, start=1000)
     assert f.shape == (4, 2, 32, 32) and f.sum() == 5
@@ -157,16 +164,23 @@ def test_paper_framing_known_events() -> None:
     assert g[0, 1, 0, 0] == 1 and g[1, 0, 1, 1] == 2 and g[1, 1, 31, 2] == 1 and g.sum() == 4
 
 
-@pytest.mark.parametrize(("size", "divisor", "transpose", "origin"),
-                         [(32, None, False, "first_event"), (32, None, False, "start"),
-                          (42, 3.04, True, "first_event"), (128, None, False, "first_event")])
+@pytest.mark.parametrize(
+    ("size", "divisor", "transpose", "origin"),
+    [
+        (32, None, False, "first_event"),
+        (32, None, False, "start"),
+        (42, 3.04, True, "first_event"),
+        (128, None, False, "first_event"),
+    ],
+)
 def test_paper_framing_matches_event_by_event_reference(size, divisor, transpose, origin) -> None:
     rng = np.random.default_rng(0)
     t = np.sort(rng.integers(500, 9000, 3000))
     xyp = rng.integers(0, (128, 128, 2), (3000, 3))
     rows = [(int(x), int(y), int(ti), int(p)) for (x, y, p), ti in zip(xyp, t, strict=True)]
-    spec = FrameSpec(time_steps=5, bin_us=1500, size=size, divisor=divisor, transpose=transpose,
-                     origin=origin)
+    spec = FrameSpec(
+        time_steps=5, bin_us=1500, size=size, divisor=divisor, transpose=transpose, origin=origin
+    )
     got = frame_events(as_events(rows), spec, start=700)
     o = 700 if origin == "start" else int(t[np.searchsorted(t, 700)])
     want = reference_frames(rows, 5, 1500, divisor or 128 / size, size, o, transpose)
@@ -214,6 +228,7 @@ def test_empty_window_raises() -> None:
 
 
 # --- cache ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("peak", "dtype"), [(255, "uint8"), (256, "uint16"), (70_000, "uint32")])
 def test_cache_stores_counts_in_a_wide_enough_dtype(tmp_path, peak: int, dtype: str) -> None:

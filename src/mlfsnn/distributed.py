@@ -8,7 +8,9 @@ thing on one GPU or eight.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ __all__ = [
     "env_world_size",
     "init_distributed",
     "is_distributed",
+    "rank_zero_first",
     "shutdown",
 ]
 
@@ -42,9 +45,11 @@ def is_distributed() -> bool:
 
 def init_distributed(device_type: str) -> tuple[int, int, int]:
     """Join the torchrun process group (nccl on GPU, gloo on CPU); returns (rank, world, local_rank)."""
-    if "WORLD_SIZE" not in os.environ and os.environ.get("SUBMITIT_FOLDER") and int(
-        os.environ.get("SLURM_NTASKS", "1")
-    ) > 1:  # a multi-task SLURM job from the submitit launcher: map its task ids to torch's variables
+    if (
+        "WORLD_SIZE" not in os.environ
+        and os.environ.get("SUBMITIT_FOLDER")
+        and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    ):  # a multi-task SLURM job from the submitit launcher: map its task ids to torch's variables
         from submitit.helpers import TorchDistributedEnvironment
 
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -63,6 +68,16 @@ def init_distributed(device_type: str) -> tuple[int, int, int]:
 def shutdown() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def rank_zero_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. building a frame cache), the others after it, on a cache hit."""
+    if is_distributed() and dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if is_distributed() and dist.get_rank() == 0:
+        dist.barrier()
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

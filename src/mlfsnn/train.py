@@ -176,7 +176,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.setLevel(logging.WARNING)
     runtime.seed_everything(tr.seed, tr.deterministic)
 
-    train_set, test_set, info = build_datasets(cfg.dataset, cfg.time_steps)
+    with dist_utils.rank_zero_first():  # one process builds an event-frame cache, the rest reuse it
+        train_set, test_set, info = build_datasets(cfg.dataset, cfg.time_steps)
     ctx.static = info.static
     log.info(
         "data: %s (%s), %d train / %d test samples",

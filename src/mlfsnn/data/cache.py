@@ -29,8 +29,18 @@ from torch.utils.data import Dataset
 from .common import DataError
 from .events import CorruptFileError
 
-__all__ = ["CACHE_VERSION", "CacheWriter", "CachedFrames", "FrameTransform", "build_entry", "cache_key",
-           "fingerprint", "load_meta", "run_ordered", "transform_from_cfg"]
+__all__ = [
+    "CACHE_VERSION",
+    "CacheWriter",
+    "CachedFrames",
+    "FrameTransform",
+    "build_entry",
+    "cache_key",
+    "fingerprint",
+    "load_meta",
+    "run_ordered",
+    "transform_from_cfg",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +113,9 @@ class CacheWriter:
             fh.close()
             n = len(self.labels[split])
             raw = np.memmap(self.tmp / f"{split}.raw", dtype=np.uint32, mode="r", shape=(n, *self.shape))
-            out = np.lib.format.open_memmap(self.tmp / f"{split}_frames.npy", mode="w+", dtype=dtype,
-                                            shape=(n, *self.shape))
+            out = np.lib.format.open_memmap(
+                self.tmp / f"{split}_frames.npy", mode="w+", dtype=dtype, shape=(n, *self.shape)
+            )
             for i in range(0, n, 256):
                 out[i : i + 256] = raw[i : i + 256]
             out.flush()
@@ -121,9 +132,16 @@ class CacheWriter:
                 "max_count": self.max_count[split],
                 "ids": self.ids[split],
             }
-        meta = {"version": CACHE_VERSION, "params": self.params, "shape": list(self.shape),
-                "dtype": dtype.name, "max_count": max_count, "splits": splits,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        meta = {
+            "version": CACHE_VERSION,
+            "params": self.params,
+            "shape": list(self.shape),
+            "dtype": dtype.name,
+            "max_count": max_count,
+            "splits": splits,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **info,
+        }
         (self.tmp / _META).write_text(json.dumps(meta, indent=1, default=str))
         try:
             os.rename(self.tmp, self.entry)
@@ -147,8 +165,9 @@ class FrameTransform:
     shift by ``k`` frame pixels equal the event-domain flip and a shift by ``4k`` sensor pixels.
     """
 
-    def __init__(self, clip: int | None = None, binarize: bool = False, flip: float = 0.0,
-                 max_shift: int = 0) -> None:
+    def __init__(
+        self, clip: int | None = None, binarize: bool = False, flip: float = 0.0, max_shift: int = 0
+    ) -> None:
         self.clip, self.binarize, self.flip, self.max_shift = clip, binarize, flip, max_shift
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,8 +199,9 @@ class CachedFrames(Dataset):
     """One split of a cache entry: ``(float32 [T, 2, H, W], label)``, memory-mapped lazily so that
     DataLoader workers each open their own map."""
 
-    def __init__(self, entry: Path, split: str,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self, entry: Path, split: str, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
         self.path = entry / f"{split}_frames.npy"
         self.labels = np.load(entry / f"{split}_labels.npy")
         self.transform = transform
@@ -241,9 +261,17 @@ def transform_from_cfg(cfg: Any, train: bool) -> FrameTransform | None:
     return FrameTransform(None if clip is None else int(clip), binarize, flip, shift)
 
 
-def build_entry(entry: Path, params: dict[str, Any], shape: tuple[int, ...],
-                results: Iterable[dict[str, Any]], skip_corrupt: bool, total: int | None, desc: str,
-                progress: bool, info: dict[str, Any]) -> dict[str, Any]:
+def build_entry(
+    entry: Path,
+    params: dict[str, Any],
+    shape: tuple[int, ...],
+    results: Iterable[dict[str, Any]],
+    skip_corrupt: bool,
+    total: int | None,
+    desc: str,
+    progress: bool,
+    info: dict[str, Any],
+) -> dict[str, Any]:
     """Write the entry from job results ``{"split", "samples": [(id, label, frames)], "skipped":
     [message], "error": None | (path, reason)}``; a corrupt file stops the build unless skipped."""
     from tqdm import tqdm
@@ -274,15 +302,27 @@ def build_entry(entry: Path, params: dict[str, Any], shape: tuple[int, ...],
         raise
 
 
-def frame_job(sample_id: str, split: str, events: np.ndarray, label: int, spec: Any, skip: bool,
-              start: int | None = None, name: str | None = None) -> dict[str, Any]:
+def frame_job(
+    sample_id: str,
+    split: str,
+    events: np.ndarray,
+    label: int,
+    spec: Any,
+    skip: bool,
+    start: int | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
     """A prepare job for one recording that is one sample; ``name`` (default: the id) names it in
     messages."""
     from .framing import NoEventsError, frame_events
 
     try:
-        return {"split": split, "samples": [(sample_id, label, frame_events(events, spec, start))],
-                "skipped": [], "error": None}
+        return {
+            "split": split,
+            "samples": [(sample_id, label, frame_events(events, spec, start))],
+            "skipped": [],
+            "error": None,
+        }
     except NoEventsError as exc:
         msg = f"empty sample ({exc})"
         if skip:
@@ -290,8 +330,9 @@ def frame_job(sample_id: str, split: str, events: np.ndarray, label: int, spec: 
         return {"split": split, "samples": [], "skipped": [], "error": (name or sample_id, msg)}
 
 
-def open_entry(entry: Path, meta: dict[str, Any], cfg: Any, name: str, num_classes: int, source: str,
-               notes: list[str]) -> tuple[Dataset, Dataset, Any]:
+def open_entry(
+    entry: Path, meta: dict[str, Any], cfg: Any, name: str, num_classes: int, source: str, notes: list[str]
+) -> tuple[Dataset, Dataset, Any]:
     """Train and test sets of a complete entry, ``dataset.subset`` applied, and their DataInfo."""
     from .common import DataInfo, take_subset
 
@@ -300,8 +341,10 @@ def open_entry(entry: Path, meta: dict[str, Any], cfg: Any, name: str, num_class
     size = int(meta["shape"][-1])
     skipped = len(meta.get("skipped_files", [])), len(meta.get("skipped_samples", []))
     if any(skipped):
-        notes = [*notes, f"skipped {skipped[0]} corrupt files and {skipped[1]} samples "
-                         "(dataset.skip_corrupt=true)"]
+        notes = [
+            *notes,
+            f"skipped {skipped[0]} corrupt files and {skipped[1]} samples (dataset.skip_corrupt=true)",
+        ]
     extra = {
         "cache": str(entry),
         "frames_dtype": meta["dtype"],
@@ -312,6 +355,16 @@ def open_entry(entry: Path, meta: dict[str, Any], cfg: Any, name: str, num_class
         "cached_train_samples": meta["splits"]["train"]["samples"],
         "cached_test_samples": meta["splits"]["test"]["samples"],
     }
-    info = DataInfo(name, num_classes, 2, (size, size), False, len(train), len(test),  # type: ignore[arg-type]
-                    source=source, notes=notes, extra=extra)
+    info = DataInfo(
+        name,
+        num_classes,
+        2,
+        (size, size),
+        False,
+        len(train),
+        len(test),  # type: ignore[arg-type]
+        source=source,
+        notes=notes,
+        extra=extra,
+    )
     return train, test, info

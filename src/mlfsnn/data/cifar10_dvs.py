@@ -49,9 +49,11 @@ def locate_original(root: Path) -> dict[str, tuple[str, Path]]:
             found[cls] = ("zip", root / f"{cls}.zip")
     missing = [c for c in CLASSES if c not in found]
     if missing:
-        raise DataError(f"CIFAR10-DVS (original release) incomplete under {root}: no {missing[0]}.zip or "
-                        f"{missing[0]}/ folder ({len(missing)} of 10 classes missing: {', '.join(missing)}); "
-                        f"download the per-class zips from {URL_ORIGINAL} into {root}, or set dataset.root")
+        raise DataError(
+            f"CIFAR10-DVS (original release) incomplete under {root}: no {missing[0]}.zip or "
+            f"{missing[0]}/ folder ({len(missing)} of 10 classes missing: {', '.join(missing)}); "
+            f"download the per-class zips from {URL_ORIGINAL} into {root}, or set dataset.root"
+        )
     return found
 
 
@@ -74,8 +76,9 @@ def split_indices(n: int, cfg: Any, class_index: int) -> tuple[list[int], list[i
         raise DataError(f"dataset.test_fraction must be in (0, 1), got {fraction}")
     n_test = round(n * fraction)
     if n < 2 or n_test in (0, n):
-        raise DataError(f"class {CLASSES[class_index]}: {n} recordings cannot be split "
-                        f"{1 - fraction:g} / {fraction:g}")
+        raise DataError(
+            f"class {CLASSES[class_index]}: {n} recordings cannot be split {1 - fraction:g} / {fraction:g}"
+        )
     mode = str(cfg.get("split", "sorted"))
     if mode == "sorted":
         order = list(range(n))
@@ -101,8 +104,16 @@ def _read(kind: str, container: str, member: str) -> bytes:
         raise CorruptFileError(f"{container}:{member}", f"unreadable zip member ({exc})") from None
 
 
-def recording_job(sample_id: str, split: str, kind: str, container: str, member: str, label: int,
-                  spec: FrameSpec, skip: bool) -> dict[str, Any]:
+def recording_job(
+    sample_id: str,
+    split: str,
+    kind: str,
+    container: str,
+    member: str,
+    label: int,
+    spec: FrameSpec,
+    skip: bool,
+) -> dict[str, Any]:
     name = member if kind == "folder" else f"{container}:{member}"
     try:
         events = read_aedat2_dvs128(_read(kind, container, member), name)
@@ -122,8 +133,9 @@ def _original_jobs(found: dict[str, tuple[str, Path]], cfg: Any, spec: FrameSpec
         for split, idx in (("train", train), ("test", test)):
             for i in idx:
                 member = files[i]
-                sample_id = (os.path.relpath(member, path.parent) if kind == "folder"
-                             else f"{path.name}:{member}")
+                sample_id = (
+                    os.path.relpath(member, path.parent) if kind == "folder" else f"{path.name}:{member}"
+                )
                 jobs.append((sample_id, split, kind, str(path), member, label, spec, skip))
     return jobs
 
@@ -132,23 +144,29 @@ def _tonic_set(root: Path, download: bool) -> Any:
     try:
         import aedat  # noqa: F401  (tonic's AEDAT4 reader imports it per file)
     except ModuleNotFoundError:
-        raise DataError("dataset.source=tonic reads AEDAT4 files with the 'aedat' package: "
-                        "pip install 'mlfsnn[aedat4]' (or use dataset.source=original)") from None
+        raise DataError(
+            "dataset.source=tonic reads AEDAT4 files with the 'aedat' package: "
+            "pip install 'mlfsnn[aedat4]' (or use dataset.source=original)"
+        ) from None
     import tonic.datasets
 
     cls = tonic.datasets.CIFAR10DVS
     loc = root / "CIFAR10DVS"
     have = (loc / cls.filename).is_file() and len(list(loc.glob("*/*.aedat4"))) >= 1000
     if not have and not download:
-        raise DataError(f"tonic's CIFAR10DVS not found: expected {loc}/ with {cls.filename} and its "
-                        f"extracted class folders of .aedat4 files; download {cls.url} there, or set "
-                        "dataset.download=true")
+        raise DataError(
+            f"tonic's CIFAR10DVS not found: expected {loc}/ with {cls.filename} and its "
+            f"extracted class folders of .aedat4 files; download {cls.url} there, or set "
+            "dataset.download=true"
+        )
     socket.setdefaulttimeout(60)
     try:
         return cls(str(root))
     except Exception as exc:  # whatever urllib / zipfile raise
-        raise DataError(f"tonic's CIFAR10DVS: download or extraction into {loc} failed "
-                        f"({type(exc).__name__}: {exc}); download {cls.url} into {loc} by hand") from None
+        raise DataError(
+            f"tonic's CIFAR10DVS: download or extraction into {loc} failed "
+            f"({type(exc).__name__}: {exc}); download {cls.url} into {loc} by hand"
+        ) from None
 
 
 def _tonic_jobs(ds: Any, cfg: Any, spec: FrameSpec, skip: bool) -> Iterator[tuple]:
@@ -175,8 +193,9 @@ def _tonic_jobs(ds: Any, cfg: Any, spec: FrameSpec, skip: bool) -> Iterator[tupl
                 yield (os.path.relpath(path, ds.location_on_system), split, item, label, spec, skip)
 
 
-def _tonic_job(sample_id: str, split: str, events: Any, label: int, spec: FrameSpec,
-               skip: bool) -> dict[str, Any]:
+def _tonic_job(
+    sample_id: str, split: str, events: Any, label: int, spec: FrameSpec, skip: bool
+) -> dict[str, Any]:
     if isinstance(events, CorruptFileError):
         return {"split": split, "samples": [], "skipped": [], "error": (events.path, events.reason)}
     return frame_job(sample_id, split, events, label, spec, skip, start=0 if spec.origin == "start" else None)
@@ -190,8 +209,9 @@ def plan(cfg: Any, time_steps: int) -> dict[str, Any]:
     skip = bool(cfg.get("skip_corrupt", False))
     if source == "original":
         found = locate_original(root)
-        files = [f for kind, path in found.values()
-                 for f in ([path] if kind == "zip" else path.rglob("*.aedat"))]
+        files = [
+            f for kind, path in found.values() for f in ([path] if kind == "zip" else path.rglob("*.aedat"))
+        ]
     elif source == "tonic":
         found, files = {}, list((root / "CIFAR10DVS").glob("*/*.aedat4"))
     else:
@@ -199,10 +219,23 @@ def plan(cfg: Any, time_steps: int) -> dict[str, Any]:
     split = {"split": str(cfg.get("split", "sorted")), "test_fraction": float(cfg.get("test_fraction", 0.1))}
     if split["split"] == "shuffled":
         split["seed"] = int(cfg.get("split_seed", 0))
-    params = {"dataset": "cifar10_dvs", "source": source, "frames": spec.key(), "split": split,
-              "skip_corrupt": skip, "inputs": fingerprint(files, root) if files else None}
-    return {"source": source, "root": root, "found": found, "spec": spec, "skip": skip, "params": params,
-            "entry": entry_dir(cfg.cache_dir, "cifar10_dvs", params)}
+    params = {
+        "dataset": "cifar10_dvs",
+        "source": source,
+        "frames": spec.key(),
+        "split": split,
+        "skip_corrupt": skip,
+        "inputs": fingerprint(files, root) if files else None,
+    }
+    return {
+        "source": source,
+        "root": root,
+        "found": found,
+        "spec": spec,
+        "skip": skip,
+        "params": params,
+        "entry": entry_dir(cfg.cache_dir, "cifar10_dvs", params),
+    }
 
 
 def prepare(cfg: Any, time_steps: int, progress: bool = True) -> tuple[Path, dict[str, Any]]:
@@ -220,19 +253,33 @@ def prepare(cfg: Any, time_steps: int, progress: bool = True) -> tuple[Path, dic
     else:
         jobs = _original_jobs(p["found"], cfg, spec, skip)
         results, total = run_ordered(recording_job, jobs, workers), len(jobs)
-    meta = build_entry(p["entry"], p["params"], spec.shape, results, skip, total,
-                       f"cifar10_dvs {p['source']}", progress, info)
+    meta = build_entry(
+        p["entry"],
+        p["params"],
+        spec.shape,
+        results,
+        skip,
+        total,
+        f"cifar10_dvs {p['source']}",
+        progress,
+        info,
+    )
     return p["entry"], meta
 
 
 def describe_source(cfg: Any, root: Path) -> tuple[str, list[str]]:
     mode = str(cfg.get("split", "sorted"))
-    split = ("sorted: per class, natural file-name order, last 10% test" if mode == "sorted"
-             else f"shuffled per class with split_seed={cfg.get('split_seed', 0)}")
+    split = (
+        "sorted: per class, natural file-name order, last 10% test"
+        if mode == "sorted"
+        else f"shuffled per class with split_seed={cfg.get('split_seed', 0)}"
+    )
     notes = [f"split 9:1 per class ({split}); the release has no official split"]
     if str(cfg.get("source", "original")) == "tonic":
-        notes.append("tonic's AEDAT4 conversion: pixel orientation and polarity not checked against the "
-                     "original AEDAT 2.0 files")
+        notes.append(
+            "tonic's AEDAT4 conversion: pixel orientation and polarity not checked against the "
+            "original AEDAT 2.0 files"
+        )
         return f"tonic: {root / 'CIFAR10DVS'} (tonic.datasets.CIFAR10DVS, AEDAT4)", notes
     return f"original: {root} (figshare AEDAT 2.0)", notes
 
@@ -243,8 +290,10 @@ def build(cfg: Any, time_steps: int) -> tuple[Dataset, Dataset, DataInfo]:
     source, notes = describe_source(cfg, Path(meta["root"]))
     spec = spec_from_cfg(cfg, time_steps)
     timing = f" x {spec.bin_us / 1000:g} ms" if spec.framing == "paper" else f" ({spec.uniform_split})"
-    notes.append(f"frames: {spec.framing} framing, T={spec.time_steps}{timing}"
-                 + f", 2 x {spec.size} x {spec.size}, event counts (cache {entry.name})")
+    notes.append(
+        f"frames: {spec.framing} framing, T={spec.time_steps}{timing}"
+        + f", 2 x {spec.size} x {spec.size}, event counts (cache {entry.name})"
+    )
     if spec.time_steps != PAPER_T:
         notes.append(f"T={spec.time_steps} differs from the paper's T={PAPER_T} (+experiment=cifar10_dvs)")
     return open_entry(entry, meta, cfg, "cifar10_dvs", len(CLASSES), source, notes)
@@ -262,15 +311,19 @@ def survey(cfg: Any) -> tuple[list[str], bool]:
         loc = root / "CIFAR10DVS"
         counts = {c: len(list((loc / c).glob("*.aedat4"))) for c in CLASSES}
         has_aedat = importlib.util.find_spec("aedat") is not None
-        lines = [f"expected: {loc}/ with {cls.filename} and <class>/*.aedat4 ({PER_CLASS} per class)",
-                 f"download: {cls.url} ({cls.filename})",
-                 f"found: {cls.filename} {'present' if (loc / cls.filename).is_file() else 'MISSING'}; "
-                 + ", ".join(f"{c} {n}" for c, n in counts.items()),
-                 f"aedat package: {'installed' if has_aedat else 'MISSING (pip install mlfsnn[aedat4])'}"]
+        lines = [
+            f"expected: {loc}/ with {cls.filename} and <class>/*.aedat4 ({PER_CLASS} per class)",
+            f"download: {cls.url} ({cls.filename})",
+            f"found: {cls.filename} {'present' if (loc / cls.filename).is_file() else 'MISSING'}; "
+            + ", ".join(f"{c} {n}" for c, n in counts.items()),
+            f"aedat package: {'installed' if has_aedat else 'MISSING (pip install mlfsnn[aedat4])'}",
+        ]
         return lines, has_aedat and all(n > 1 for n in counts.values())
-    lines = [f"expected: {root}/<class>.zip or {root}/<class>/ with {PER_CLASS} AEDAT 2.0 .aedat files "
-             f"for each of {', '.join(CLASSES)}",
-             f"download: the ten per-class zips from {URL_ORIGINAL}"]
+    lines = [
+        f"expected: {root}/<class>.zip or {root}/<class>/ with {PER_CLASS} AEDAT 2.0 .aedat files "
+        f"for each of {', '.join(CLASSES)}",
+        f"download: the ten per-class zips from {URL_ORIGINAL}",
+    ]
     ok = True
     for cls in CLASSES:
         if (root / cls).is_dir():

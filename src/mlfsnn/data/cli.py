@@ -46,8 +46,10 @@ def compose(overrides: Sequence[str]) -> Any:
 def _module(cfg: Any) -> ModuleType:
     name = str(cfg.dataset.name)
     if name not in EVENT_DATASETS:
-        raise DataError(f"snn-data handles the event datasets ({', '.join(EVENT_DATASETS)}), not {name!r}; "
-                        "pick one with dataset=NAME or +experiment=NAME")
+        raise DataError(
+            f"snn-data handles the event datasets ({', '.join(EVENT_DATASETS)}), not {name!r}; "
+            "pick one with dataset=NAME or +experiment=NAME"
+        )
     return importlib.import_module(f"{__package__}.{name}")
 
 
@@ -56,9 +58,12 @@ def _framing_line(cfg: Any) -> str:
 
     spec = spec_from_cfg(cfg.dataset, cfg.time_steps)
     timing = f" x {spec.bin_us / 1000:g} ms bins" if spec.framing == "paper" else f" ({spec.uniform_split})"
-    line = (f"frames: {spec.framing} framing, T={spec.time_steps}{timing}, shape {list(spec.shape)}"
-            f", origin={spec.origin}" + (f", divisor={spec.divisor:g}" if spec.divisor else "")
-            + (", transposed [p, x, y]" if spec.transpose else ""))
+    line = (
+        f"frames: {spec.framing} framing, T={spec.time_steps}{timing}, shape {list(spec.shape)}"
+        f", origin={spec.origin}"
+        + (f", divisor={spec.divisor:g}" if spec.divisor else "")
+        + (", transposed [p, x, y]" if spec.transpose else "")
+    )
     paper_t = _module(cfg).PAPER_T
     if spec.time_steps != paper_t:
         line += f"\nnote: the paper uses T={paper_t}: add +experiment={cfg.dataset.name}"
@@ -79,8 +84,10 @@ def prepare(cfg: Any) -> int:
     for split, s in meta["splits"].items():
         per_class = " ".join(f"{c}:{n}" for c, n in sorted(s["per_class"].items(), key=lambda kv: int(kv[0])))
         print(f"{split}: {s['samples']} samples; per class {per_class}")
-        print(f"  {s['events']} events, mean {s['mean_events_per_frame']:.1f} events per frame "
-              f"(one time bin, both channels), maximum count {s['max_count']}")
+        print(
+            f"  {s['events']} events, mean {s['mean_events_per_frame']:.1f} events per frame "
+            f"(one time bin, both channels), maximum count {s['max_count']}"
+        )
     for key in ("skipped_files", "skipped_samples"):
         if meta.get(key):
             print(f"{key.replace('_', ' ')}: {len(meta[key])}")
@@ -139,10 +146,14 @@ def bench(cfg: Any) -> int:
         x = x.transpose(0, 1)  # [T, B, C, H, W], as the model receives it
         seen += x.shape[1]
     loaded = seen / (time.perf_counter() - t0)
-    print(f"{cfg.dataset.name}: {n} train samples of {list(ds[0][0].shape)}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"direct: {direct:.0f} samples/s; DataLoader(batch_size={batch}, shuffle, num_workers={workers}): "
-          f"{loaded:.0f} samples/s")
+    print(
+        f"{cfg.dataset.name}: {n} train samples of {list(ds[0][0].shape)}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"direct: {direct:.0f} samples/s; DataLoader(batch_size={batch}, shuffle, num_workers={workers}): "
+        f"{loaded:.0f} samples/s"
+    )
     return 0
 
 

@@ -42,7 +42,7 @@ _LABELS = re.compile(r"^user(\d+)_(\w+)_labels\.csv$")
 
 
 def _user(trial: str) -> int:
-    return int(trial[len("user"):].split("_")[0])
+    return int(trial[len("user") :].split("_")[0])
 
 
 def split_of_user(user: int) -> str:
@@ -60,9 +60,11 @@ def locate_ibm(root: Path) -> tuple[str, Path]:
             return "folder", folder
     if (root / ARCHIVE).is_file():
         return "tar", root / ARCHIVE
-    raise DataError(f"DVS-Gesture (IBM release) not found: expected {root / ARCHIVE} or {root / FOLDER}/ "
-                    f"holding userNN_<lighting>.aedat files; download {ARCHIVE} from {URL_IBM} into {root}, "
-                    "or set dataset.root")
+    raise DataError(
+        f"DVS-Gesture (IBM release) not found: expected {root / ARCHIVE} or {root / FOLDER}/ "
+        f"holding userNN_<lighting>.aedat files; download {ARCHIVE} from {URL_IBM} into {root}, "
+        "or set dataset.root"
+    )
 
 
 def parse_labels(text: str, name: str) -> list[tuple[int, int, int, int]]:
@@ -76,8 +78,9 @@ def parse_labels(text: str, name: str) -> list[tuple[int, int, int, int]]:
         except ValueError:
             if lineno == 1:
                 continue  # "class,startTime_usec,endTime_usec"
-            raise CorruptFileError(name, f"line {lineno}: expected 'class,start_usec,end_usec', "
-                                         f"got {line!r}") from None
+            raise CorruptFileError(
+                name, f"line {lineno}: expected 'class,start_usec,end_usec', got {line!r}"
+            ) from None
         if not 1 <= cls <= NUM_CLASSES:
             raise CorruptFileError(name, f"line {lineno}: class {cls} is not in 1..{NUM_CLASSES}")
         if end <= start:
@@ -88,8 +91,16 @@ def parse_labels(text: str, name: str) -> list[tuple[int, int, int, int]]:
     return rows
 
 
-def trial_job(trial: str, split: str, recording: bytes | str | None, rec_name: str,
-              labels: bytes | str | None, labels_name: str, spec: FrameSpec, skip: bool) -> dict[str, Any]:
+def trial_job(
+    trial: str,
+    split: str,
+    recording: bytes | str | None,
+    rec_name: str,
+    labels: bytes | str | None,
+    labels_name: str,
+    spec: FrameSpec,
+    skip: bool,
+) -> dict[str, Any]:
     """Frames of every label row of one recording. ``recording`` / ``labels`` are contents (bytes),
     a path (str) or None (missing)."""
     out: dict[str, Any] = {"split": split, "samples": [], "skipped": [], "error": None}
@@ -136,8 +147,18 @@ def _folder_jobs(folder: Path, spec: FrameSpec, skip: bool, info: dict[str, Any]
             continue
         trial = rec.name[: -len(".aedat")]
         labels = folder / f"{trial}_labels.csv"
-        jobs.append((trial, split_of_user(int(m.group(1))), str(rec), str(rec),
-                     str(labels) if labels.is_file() else None, str(labels), spec, skip))
+        jobs.append(
+            (
+                trial,
+                split_of_user(int(m.group(1))),
+                str(rec),
+                str(rec),
+                str(labels) if labels.is_file() else None,
+                str(labels),
+                spec,
+                skip,
+            )
+        )
     info["trials"] = {s: sorted(j[0] for j in jobs if j[1] == s) for s in ("train", "test")}
     info["lists"] = {s: _read_list(folder / f) for s, f in TRIAL_LISTS.items()}
     return jobs
@@ -157,15 +178,24 @@ def _tar_jobs(archive: Path, spec: FrameSpec, skip: bool, info: dict[str, Any]) 
     def job(trial: str) -> tuple:
         split = split_of_user(_user(trial))
         info["trials"][split].append(trial)
-        return (trial, split, recs.pop(trial, None), f"{tag}{trial}.aedat", labels.pop(trial, None),
-                f"{tag}{trial}_labels.csv", spec, skip)
+        return (
+            trial,
+            split,
+            recs.pop(trial, None),
+            f"{tag}{trial}.aedat",
+            labels.pop(trial, None),
+            f"{tag}{trial}_labels.csv",
+            spec,
+            skip,
+        )
 
     try:
         with tarfile.open(archive, "r|gz") as tar:
             for member in tar:
                 base = posixpath.basename(member.name)
-                if not member.isfile() or not (_TRIAL.match(base) or _LABELS.match(base)
-                                               or base in TRIAL_LISTS.values()):
+                if not member.isfile() or not (
+                    _TRIAL.match(base) or _LABELS.match(base) or base in TRIAL_LISTS.values()
+                ):
                     continue
                 data = tar.extractfile(member).read()  # type: ignore[union-attr]
                 if base in TRIAL_LISTS.values():
@@ -192,8 +222,10 @@ def _check_lists(info: dict[str, Any]) -> list[str]:
         ours = {f"{t}.aedat" for t in info["trials"][split]}
         if ours != set(listed):
             users = "1-23" if split == "train" else "24-29"
-            notes.append(f"WARNING {TRIAL_LISTS[split]} differs from the users-{users} split: only listed "
-                         f"{sorted(set(listed) - ours)[:5]}, only found {sorted(ours - set(listed))[:5]}")
+            notes.append(
+                f"WARNING {TRIAL_LISTS[split]} differs from the users-{users} split: only listed "
+                f"{sorted(set(listed) - ours)[:5]}, only found {sorted(ours - set(listed))[:5]}"
+            )
     return notes
 
 
@@ -203,18 +235,24 @@ def _tonic_sets(root: Path, download: bool) -> tuple[Any, Any]:
     cls = tonic.datasets.DVSGesture
     loc = root / "DVSGesture"
     urls = f"{cls.train_url} ({cls.train_filename}) and {cls.test_url} ({cls.test_filename})"
-    have = all((loc / f).is_file() and len(list((loc / f.replace(".tar.gz", "")).glob("*/*.npy"))) >= 100
-               for f in (cls.train_filename, cls.test_filename))
+    have = all(
+        (loc / f).is_file() and len(list((loc / f.replace(".tar.gz", "")).glob("*/*.npy"))) >= 100
+        for f in (cls.train_filename, cls.test_filename)
+    )
     if not have and not download:
-        raise DataError(f"tonic's DVSGesture not found: expected {loc}/ with {cls.train_filename}, "
-                        f"{cls.test_filename} and their extracted folders; download {urls} there and extract "
-                        "them, or set dataset.download=true")
+        raise DataError(
+            f"tonic's DVSGesture not found: expected {loc}/ with {cls.train_filename}, "
+            f"{cls.test_filename} and their extracted folders; download {urls} there and extract "
+            "them, or set dataset.download=true"
+        )
     socket.setdefaulttimeout(60)  # an unreachable host must fail, not hang the run
     try:
         return cls(str(root), train=True), cls(str(root), train=False)
     except Exception as exc:  # tonic raises whatever urllib / tarfile raise
-        raise DataError(f"tonic's DVSGesture: download or extraction into {loc} failed "
-                        f"({type(exc).__name__}: {exc}); download {urls} into {loc} by hand") from None
+        raise DataError(
+            f"tonic's DVSGesture: download or extraction into {loc} failed "
+            f"({type(exc).__name__}: {exc}); download {urls} into {loc} by hand"
+        ) from None
 
 
 def _tonic_jobs(sets: dict[str, Any], spec: FrameSpec, skip: bool) -> Iterator[tuple]:
@@ -231,8 +269,9 @@ def _tonic_jobs(sets: dict[str, Any], spec: FrameSpec, skip: bool) -> Iterator[t
             yield (sample_id, split, item, int(label), spec, skip)
 
 
-def _tonic_job(sample_id: str, split: str, events: Any, label: int, spec: FrameSpec,
-               skip: bool) -> dict[str, Any]:
+def _tonic_job(
+    sample_id: str, split: str, events: Any, label: int, spec: FrameSpec, skip: bool
+) -> dict[str, Any]:
     if isinstance(events, CorruptFileError):
         return {"split": split, "samples": [], "skipped": [], "error": (events.path, events.reason)}
     return frame_job(sample_id, split, events, label, spec, skip)
@@ -253,12 +292,26 @@ def plan(cfg: Any, time_steps: int) -> dict[str, Any]:
         files = list(path.glob("ibmGesture*/*/*.npy"))
     else:
         raise DataError(f"dataset.source: {source!r} is not one of ibm, tonic")
-    params = {"dataset": "dvs_gesture", "source": source, "kind": kind, "frames": spec.key(),
-              "skip_corrupt": skip, "inputs": fingerprint(files, base) if files else None,
-              "split": "users 1-23 / 24-29" if source == "ibm" else "tonic"}
+    params = {
+        "dataset": "dvs_gesture",
+        "source": source,
+        "kind": kind,
+        "frames": spec.key(),
+        "skip_corrupt": skip,
+        "inputs": fingerprint(files, base) if files else None,
+        "split": "users 1-23 / 24-29" if source == "ibm" else "tonic",
+    }
     entry = entry_dir(cfg.cache_dir, "dvs_gesture", params)
-    return {"source": source, "root": root, "kind": kind, "path": path, "spec": spec, "skip": skip,
-            "params": params, "entry": entry}
+    return {
+        "source": source,
+        "root": root,
+        "kind": kind,
+        "path": path,
+        "spec": spec,
+        "skip": skip,
+        "params": params,
+        "entry": entry,
+    }
 
 
 def prepare(cfg: Any, time_steps: int, progress: bool = True) -> tuple[Path, dict[str, Any]]:
@@ -280,15 +333,26 @@ def prepare(cfg: Any, time_steps: int, progress: bool = True) -> tuple[Path, dic
         results, total = run_ordered(trial_job, jobs, workers), len(jobs)
     else:
         results, total = run_ordered(trial_job, _tar_jobs(p["path"], spec, skip, info), workers), None
-    meta = build_entry(p["entry"], p["params"], spec.shape, results, skip, total,
-                       f"dvs_gesture {p['source']}", progress, info)
+    meta = build_entry(
+        p["entry"],
+        p["params"],
+        spec.shape,
+        results,
+        skip,
+        total,
+        f"dvs_gesture {p['source']}",
+        progress,
+        info,
+    )
     return p["entry"], meta
 
 
 def describe_source(source: str, path: Path) -> tuple[str, list[str]]:
     if source == "tonic":
-        return (f"tonic: {path} (tonic.datasets.DVSGesture, pre-cut npy)",
-                ["tonic's DVSGesture split (1077 / 264) is not the paper's split (1176 / 288)"])
+        return (
+            f"tonic: {path} (tonic.datasets.DVSGesture, pre-cut npy)",
+            ["tonic's DVSGesture split (1077 / 264) is not the paper's split (1176 / 288)"],
+        )
     return f"ibm: {path} (AEDAT 3.1; users 1-23 train / 24-29 test)", []
 
 
@@ -298,9 +362,11 @@ def build(cfg: Any, time_steps: int) -> tuple[Dataset, Dataset, DataInfo]:
     source, notes = describe_source(str(cfg.get("source", "ibm")), Path(meta.get("input", "")))
     notes += [n for n in meta.get("notes", []) if n.startswith("WARNING")]
     spec = spec_from_cfg(cfg, time_steps)
-    notes.append(f"frames: {spec.framing} framing, T={spec.time_steps}"
-                 + (f" x {spec.bin_us / 1000:g} ms" if spec.framing == "paper" else "")
-                 + f", 2 x {spec.size} x {spec.size}, event counts (cache {entry.name})")
+    notes.append(
+        f"frames: {spec.framing} framing, T={spec.time_steps}"
+        + (f" x {spec.bin_us / 1000:g} ms" if spec.framing == "paper" else "")
+        + f", 2 x {spec.size} x {spec.size}, event counts (cache {entry.name})"
+    )
     if spec.time_steps != PAPER_T:
         notes.append(f"T={spec.time_steps} differs from the paper's T={PAPER_T} (+experiment=dvs_gesture)")
     return open_entry(entry, meta, cfg, "dvs_gesture", NUM_CLASSES, source, notes)
@@ -318,7 +384,8 @@ def _inventory(kind: str, path: Path) -> tuple[dict[str, dict[str, Any]], dict[s
             trials.setdefault(base[: -len(".aedat")], {"rec": False, "labels": None})["rec"] = True
         elif _LABELS.match(base):
             trials.setdefault(base[: -len("_labels.csv")], {"rec": False, "labels": None})["labels"] = (
-                read().decode("utf-8", "replace"))
+                read().decode("utf-8", "replace")
+            )
 
     if kind == "folder":
         for f in sorted(path.iterdir()):
@@ -343,10 +410,12 @@ def survey(cfg: Any) -> tuple[list[str], bool]:
 
         cls = tonic.datasets.DVSGesture
         loc = root / "DVSGesture"
-        lines = [f"expected: {loc}/ with {cls.train_filename}, {cls.test_filename} and their extracted "
-                 f"folders (userNN_<lighting>/<label>.npy): {TONIC_SAMPLES['train']} / "
-                 f"{TONIC_SAMPLES['test']} samples (tonic's split, not the paper's)",
-                 f"download: {cls.train_url} ({cls.train_filename}), {cls.test_url} ({cls.test_filename})"]
+        lines = [
+            f"expected: {loc}/ with {cls.train_filename}, {cls.test_filename} and their extracted "
+            f"folders (userNN_<lighting>/<label>.npy): {TONIC_SAMPLES['train']} / "
+            f"{TONIC_SAMPLES['test']} samples (tonic's split, not the paper's)",
+            f"download: {cls.train_url} ({cls.train_filename}), {cls.test_url} ({cls.test_filename})",
+        ]
         ok = True
         for split, fname in (("train", cls.train_filename), ("test", cls.test_filename)):
             n = len(list((loc / fname.replace(".tar.gz", "")).glob("*/*.npy")))
@@ -354,10 +423,12 @@ def survey(cfg: Any) -> tuple[list[str], bool]:
             ok &= n >= 100 and archive == "present"
             lines.append(f"found {split}: {n} npy files (expected {TONIC_SAMPLES[split]}), {fname} {archive}")
         return lines, ok
-    lines = [f"expected: {root / ARCHIVE} or {root / FOLDER}/ with userNN_<lighting>.aedat (AEDAT 3.1), "
-             f"userNN_<lighting>_labels.csv, {TRIAL_LISTS['train']}, {TRIAL_LISTS['test']}; users 1-23 "
-             f"train, 24-29 test: {PAPER_SAMPLES['train']} / {PAPER_SAMPLES['test']} samples",
-             f"download: {ARCHIVE} from {URL_IBM}"]
+    lines = [
+        f"expected: {root / ARCHIVE} or {root / FOLDER}/ with userNN_<lighting>.aedat (AEDAT 3.1), "
+        f"userNN_<lighting>_labels.csv, {TRIAL_LISTS['train']}, {TRIAL_LISTS['test']}; users 1-23 "
+        f"train, 24-29 test: {PAPER_SAMPLES['train']} / {PAPER_SAMPLES['test']} samples",
+        f"download: {ARCHIVE} from {URL_IBM}",
+    ]
     try:
         kind, path = locate_ibm(root)
     except DataError:
@@ -379,10 +450,17 @@ def survey(cfg: Any) -> tuple[list[str], bool]:
             rows[split] += len(parse_labels(item["labels"], f"{trial}_labels.csv"))
         except CorruptFileError as exc:
             problems.append(str(exc))
-    lines.append(f"found: {kind} {path}: {recs['train']} train + {recs['test']} test recordings, label "
-                 f"rows {rows['train']} / {rows['test']} (the paper: {PAPER_SAMPLES['train']} / "
-                 f"{PAPER_SAMPLES['test']})")
-    info = {"trials": {s: [t for t, it in trials.items() if it["rec"] and split_of_user(_user(t)) == s]
-                       for s in ("train", "test")}, "lists": lists}
+    lines.append(
+        f"found: {kind} {path}: {recs['train']} train + {recs['test']} test recordings, label "
+        f"rows {rows['train']} / {rows['test']} (the paper: {PAPER_SAMPLES['train']} / "
+        f"{PAPER_SAMPLES['test']})"
+    )
+    info = {
+        "trials": {
+            s: [t for t, it in trials.items() if it["rec"] and split_of_user(_user(t)) == s]
+            for s in ("train", "test")
+        },
+        "lists": lists,
+    }
     lines += [f"note: {n}" for n in _check_lists(info)] + [f"problem: {p}" for p in problems]
     return lines, not problems and rows["train"] > 0 and rows["test"] > 0

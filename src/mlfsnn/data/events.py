@@ -95,8 +95,9 @@ def validate_events(ev: np.ndarray, name: str, sort: bool = False) -> np.ndarray
     third-party conversions such as tonic's copies, whose ordering we do not control)."""
     if sort and len(ev) > 1 and np.any(np.diff(ev["t"]) < 0):
         ev = np.sort(ev, order="t", kind="stable")
-    if len(ev) and (ev["x"].min() < 0 or ev["y"].min() < 0 or ev["x"].max() >= SENSOR
-                    or ev["y"].max() >= SENSOR):
+    if len(ev) and (
+        ev["x"].min() < 0 or ev["y"].min() < 0 or ev["x"].max() >= SENSOR or ev["y"].max() >= SENSOR
+    ):
         raise CorruptFileError(name, f"event address outside the {SENSOR}x{SENSOR} sensor")
     if len(ev) > 1 and np.any(np.diff(ev["t"]) < 0):
         raise CorruptFileError(name, "event timestamps are not in time order")
@@ -134,8 +135,11 @@ def read_aedat31_polarity(buf: bytes, name: str) -> np.ndarray:
             raise CorruptFileError(name, f"corrupt packet header at byte {pos - _PACKET_HEADER.size}")
         nbytes = number * esize
         if pos + nbytes > end:
-            raise CorruptFileError(name, f"truncated: packet at byte {pos - _PACKET_HEADER.size} needs "
-                                         f"{nbytes} bytes, {end - pos} left")
+            raise CorruptFileError(
+                name,
+                f"truncated: packet at byte {pos - _PACKET_HEADER.size} needs "
+                f"{nbytes} bytes, {end - pos} left",
+            )
         if etype == POLARITY_EVENT:
             if esize != 8 or tsoff != 4:
                 raise CorruptFileError(name, f"polarity packet with eventSize {esize}, tsOffset {tsoff}")

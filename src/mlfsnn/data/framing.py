@@ -60,8 +60,9 @@ class FrameSpec:
         if self.origin not in ORIGINS:
             raise DataError(f"dataset.origin: {self.origin!r} is not one of {', '.join(ORIGINS)}")
         if self.uniform_split not in UNIFORM_SPLITS:
-            raise DataError(f"dataset.uniform_split: {self.uniform_split!r} is not one of "
-                            f"{', '.join(UNIFORM_SPLITS)}")
+            raise DataError(
+                f"dataset.uniform_split: {self.uniform_split!r} is not one of {', '.join(UNIFORM_SPLITS)}"
+            )
         if self.framing == "paper" and self.bin_us < 1:
             raise DataError(f"dataset.bin_ms must give at least 1 us per bin, got {self.bin_us} us")
         if not 1 <= self.size <= SENSOR:
@@ -69,9 +70,11 @@ class FrameSpec:
         if self.divisor is not None:
             bins = int(_divisor_lut(self.divisor).max()) + 1
             if bins != self.size:
-                raise DataError(f"dataset.divisor={self.divisor} maps {SENSOR} pixels to {bins} bins, but "
-                                f"dataset.size={self.size}; set dataset.size={bins}, or dataset.divisor=null "
-                                f"to scale by size/{SENSOR}")
+                raise DataError(
+                    f"dataset.divisor={self.divisor} maps {SENSOR} pixels to {bins} bins, but "
+                    f"dataset.size={self.size}; set dataset.size={bins}, or dataset.divisor=null "
+                    f"to scale by size/{SENSOR}"
+                )
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -120,8 +123,9 @@ def _paper(ev: np.ndarray, spec: FrameSpec, origin: int) -> np.ndarray:
     ev = _scale(ev[lo:hi], spec)
     if len(ev) == 0:
         raise NoEventsError(f"no events in [{origin}, {end}) us")
-    to_frame = ToFrame(sensor_size=(spec.size, spec.size, 2), time_window=spec.bin_us,
-                       start_time=origin, end_time=end)
+    to_frame = ToFrame(
+        sensor_size=(spec.size, spec.size, 2), time_window=spec.bin_us, start_time=origin, end_time=end
+    )
     frames = np.asarray(to_frame(ev)).astype(np.int64)
     # ToFrame accumulates in int16; a cell above 32767 would wrap and change the total.
     if frames.shape != spec.shape or frames.min() < 0 or int(frames.sum()) != len(ev):
@@ -130,7 +134,7 @@ def _paper(ev: np.ndarray, spec: FrameSpec, origin: int) -> np.ndarray:
 
 
 def _uniform(ev: np.ndarray, spec: FrameSpec, origin: int) -> np.ndarray:
-    ev = _scale(ev[np.searchsorted(ev["t"], origin):], spec)
+    ev = _scale(ev[np.searchsorted(ev["t"], origin) :], spec)
     n, steps = len(ev), spec.time_steps
     if n == 0:
         raise NoEventsError(f"no events at or after {origin} us")
