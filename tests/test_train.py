@@ -206,3 +206,24 @@ def test_cli_offline_cifar10_says_where_to_put_the_data(tmp_path: Path) -> None:
 def test_snn_eval_missing_checkpoint(tmp_path: Path) -> None:
     proc = _cli([str(BIN / "snn-eval"), f"checkpoint={tmp_path / 'nope.pt'}"], tmp_path)
     assert proc.returncode == 2 and "nope.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_grad_norms_are_logged_per_layer(tmp_path: Path) -> None:
+    _run(tmp_path, "trainer.epochs=1", "trainer.log_grad_norms=true")
+    row = read_metrics(tmp_path)[0]
+    assert {"conv1", "bn1", "layer1.0.conv1", "layer2.0.shortcut.0", "fc"} <= set(row["grad_norm"])
+    assert all(v > 0 for v in row["grad_norm"].values())
+    _run(tmp_path / "off", "trainer.epochs=1")
+    assert "grad_norm" not in read_metrics(tmp_path / "off")[0]
+
+
+def test_add_grad_norms_groups_parameters_by_layer() -> None:
+    from mlfsnn.train import add_grad_norms
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1, bias=False))
+    model[0].weight.grad = torch.full((2, 2), 1.0)
+    model[0].bias.grad = torch.tensor([3.0, 3.0])
+    model[1].weight.grad = torch.tensor([[3.0, 4.0]])
+    sums = {"0": 1.0}
+    add_grad_norms(model, sums)
+    assert sums == pytest.approx({"0": 1.0 + math.sqrt(4 + 18), "1": 5.0})

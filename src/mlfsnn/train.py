@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,19 @@ class EpochProgress:
     correct: float = 0.0
     seen: float = 0.0
     time_s: float = 0.0
+    grad_norm_sum: dict[str, float] = field(default_factory=dict)  # trainer.log_grad_norms
+
+
+def add_grad_norms(model: torch.nn.Module, sums: dict[str, float]) -> None:
+    """Add this step's gradient L2 norm of every layer (all its parameters together) to ``sums``."""
+    groups: dict[str, list[torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            layer = name.removeprefix("module.").rpartition(".")[0]
+            groups.setdefault(layer, []).append(p.grad.detach().float().pow(2).sum())
+    norms = torch.stack([torch.stack(g).sum() for g in groups.values()]).sqrt().tolist()  # one sync
+    for layer, norm in zip(groups, norms, strict=True):
+        sums[layer] = sums.get(layer, 0.0) + norm
 
 
 def _step_flags(ctx: runtime.Context, loss: torch.Tensor, guard: PreemptionGuard | None) -> tuple[bool, bool]:
@@ -94,8 +107,11 @@ def train_one_epoch(
             raise NonFiniteLoss(f"loss is not finite ({loss.item()}) at epoch {epoch}, step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if tr.grad_clip is not None:
+        if tr.grad_clip is not None or tr.log_grad_norms:
             scaler.unscale_(optimizer)
+        if tr.log_grad_norms:
+            add_grad_norms(model, progress.grad_norm_sum)
+        if tr.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
         scaler.step(optimizer)
         scaler.update()
@@ -116,16 +132,19 @@ def train_one_epoch(
     return step, False
 
 
-def epoch_metrics(progress: EpochProgress, ctx: runtime.Context) -> dict[str, float]:
+def epoch_metrics(progress: EpochProgress, ctx: runtime.Context) -> dict[str, Any]:
     loss_sum, correct, seen = dist_utils.all_reduce_sum(
         [progress.loss_sum, progress.correct, progress.seen], ctx.device
     )
     seen = max(seen, 1.0)
-    return {
+    out: dict[str, Any] = {
         "train_loss": loss_sum / seen,
         "train_acc": 100.0 * correct / seen,
         "train_samples_per_s": seen / max(progress.time_s, 1e-9),
     }
+    if progress.grad_norm_sum:  # gradients are identical on every rank after DDP's all-reduce
+        out["grad_norm"] = {k: v / max(progress.batches, 1) for k, v in progress.grad_norm_sum.items()}
+    return out
 
 
 @torch.inference_mode()
@@ -234,7 +253,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     def checkpoint(name: str, epoch_done: int, in_epoch: EpochProgress | None = None) -> None:
         if in_epoch is not None:  # store the global sums: rank 0 resumes with them, the others with 0
             sums = dist_utils.all_reduce_sum([in_epoch.loss_sum, in_epoch.correct, in_epoch.seen], ctx.device)
-            in_epoch = EpochProgress(in_epoch.batches, *sums, in_epoch.time_s)
+            in_epoch = EpochProgress(in_epoch.batches, *sums, in_epoch.time_s, in_epoch.grad_norm_sum)
         if not main_rank:
             return
         state = {
