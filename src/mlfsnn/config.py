@@ -120,7 +120,7 @@ def _validate(cfg: DictConfig) -> None:
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         _fail("trainer.device", device, "expected auto, cpu, cuda or cuda:N")
     _choice(cfg, "trainer.precision", ("fp32", "bf16", "fp16"))
-    for key in ("deterministic", "progress", "sync_bn", "log_grad_norms"):
+    for key in ("deterministic", "progress", "sync_bn", "log_grad_norms", "channels_last", "compile"):
         if not isinstance(_get(cfg, f"trainer.{key}"), bool):
             _fail(f"trainer.{key}", _get(cfg, f"trainer.{key}"), "expected true or false")
     if _get(cfg, "trainer.pin_memory") not in ("auto", True, False):

@@ -190,6 +190,20 @@ def build_scheduler(
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
+def training_model(model: nn.Module, ctx: Context) -> nn.Module:
+    """The module the training loop calls: channels-last weights, DDP and torch.compile as configured.
+
+    Evaluation and checkpoints use the plain ``model``; all wrappers share its parameters.
+    """
+    tr = ctx.cfg.trainer
+    if tr.channels_last:  # convolutions on the folded [T*B, C, H, W] tensors; pays off on CUDA
+        model.to(memory_format=torch.channels_last)
+    wrapped = wrap_data_parallel(model, ctx)
+    if tr.compile:
+        wrapped = torch.compile(wrapped, dynamic=False)  # static shapes: a last partial batch recompiles once
+    return wrapped
+
+
 def wrap_data_parallel(model: nn.Module, ctx: Context) -> nn.Module:
     """DistributedDataParallel under torchrun (and synchronised tdBN with ``trainer.sync_bn``)."""
     if ctx.world_size <= 1:

@@ -220,7 +220,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         num_params,
         ctx.world_size,
     )
-    train_model = runtime.wrap_data_parallel(model, ctx)
+    train_model = runtime.training_model(model, ctx)
     optimizer = runtime.build_optimizer(cfg, model)
     scheduler = runtime.build_scheduler(cfg, optimizer)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=tr.precision == "fp16")

@@ -88,6 +88,7 @@ class _FusedMLF(torch.autograd.Function):
         return grad_x, None, None, None, None
 
 
+@torch.compiler.disable  # an opaque kernel for torch.compile: one clean graph break, no tracing of the loader
 def fused_mlf(
     x: Tensor,
     thresholds: list[float],
