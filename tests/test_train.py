@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mlfsnn.checkpoint import CheckpointError, load_checkpoint
+from mlfsnn.config import ConfigError
 from mlfsnn.evaluate import run_eval
 from mlfsnn.train import train
 from runner_utils import TINY, compose_cfg, read_metrics
@@ -242,3 +243,21 @@ def test_torch_compile_trains_like_eager(tmp_path: Path) -> None:
     eager, compiled = read_metrics(tmp_path / "eager")[0], read_metrics(tmp_path / "compiled")[0]
     # Inductor may reorder float sums, so spikes near a threshold can differ: compare loosely.
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=0.05)
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_lives_in_the_run_dir_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    on = ["logger.wandb.enabled=true"]
+    _run(tmp_path, *on, "trainer.max_steps=3")
+    first = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["wandb_id"]
+    assert first and list((tmp_path / "wandb").glob(f"offline-run-*-{first}"))
+    _run(tmp_path, *on, "trainer.resume=auto")
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["wandb_id"] == first
+
+
+def test_invalid_wandb_mode_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"logger\.wandb\.mode='sometimes'"):
+        _run(tmp_path, "logger.wandb.enabled=true", "logger.wandb.mode=sometimes")

@@ -128,5 +128,9 @@ def _validate(cfg: DictConfig) -> None:
     resume = _get(cfg, "trainer.resume")
     if resume is not None and not isinstance(resume, str):
         _fail("trainer.resume", resume, "expected null, auto, a run directory or a checkpoint file")
+    if _get(cfg, "logger.wandb.enabled"):
+        mode = _get(cfg, "logger.wandb.mode")
+        if mode not in (None, "online", "offline", "disabled"):
+            _fail("logger.wandb.mode", mode, "expected online, offline or disabled (or set WANDB_MODE)")
     if _get(cfg, "dataset.subset") is not None:
         _int(cfg, "dataset.subset", 1)

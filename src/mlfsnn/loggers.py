@@ -107,7 +107,10 @@ def environment(device: torch.device) -> dict[str, Any]:
 class WandbLogger:
     """A thin wrapper that is a no-op when disabled; wandb is imported only when enabled."""
 
-    def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any], name: str) -> None:
+    def __init__(
+        self, cfg: Any, run_dir: Path, config: dict[str, Any], name: str, run_id: str | None = None
+    ) -> None:
+        """``run_id``: continue that wandb run (a resumed training run keeps one wandb history)."""
         self.run = None
         if cfg is None or not cfg.enabled:
             return
@@ -126,7 +129,13 @@ class WandbLogger:
             dir=str(run_dir),
             mode=mode,
             reinit="finish_previous",
+            id=run_id,
+            resume="allow" if run_id else None,
         )
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
 
     def log(self, row: dict[str, Any], step: int) -> None:
         if self.run is not None:

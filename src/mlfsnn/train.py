@@ -248,7 +248,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             step,
         )
     metrics = MetricsLog(run_dir / "metrics.jsonl" if main_rank else None, history)
-    wandb_run = WandbLogger(cfg.logger.wandb if main_rank else None, run_dir, resolved, cfg.name)
+    wandb_id = state.get("wandb_id") if state is not None else None
+    wandb_run = WandbLogger(cfg.logger.wandb if main_rank else None, run_dir, resolved, cfg.name, wandb_id)
 
     def checkpoint(name: str, epoch_done: int, in_epoch: EpochProgress | None = None) -> None:
         if in_epoch is not None:  # store the global sums: rank 0 resumes with them, the others with 0
@@ -267,6 +268,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "best_epoch": best_epoch,
             "history": metrics.history,
             "in_epoch": asdict(in_epoch) if in_epoch is not None else None,
+            "wandb_id": wandb_run.run_id,
             "rng": capture_rng(),
             "config": resolved,
             "num_params": num_params,
