@@ -112,3 +112,23 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous(tmp_path: Path, stra
         load_resume_state(str(last), tmp_path)
     _run(tmp_path, "trainer.resume=auto")
     assert read_metrics(tmp_path) == read_metrics(straight)
+
+
+def test_sigterm_during_evaluation_stops_at_the_epoch_boundary(
+    tmp_path: Path, straight: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = train_module.evaluate
+
+    def evaluate_then_signal(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate_then_signal)
+    summary = _run(tmp_path, "trainer.checkpoint_every=5")  # the boundary save must not wait for epoch 5
+    assert summary["status"] == "preempted" and summary["epochs_completed"] == 1
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1 and state["in_epoch"] is None
+    monkeypatch.setattr(train_module, "evaluate", real)
+    _run(tmp_path, "trainer.resume=auto", "trainer.checkpoint_every=5")
+    assert read_metrics(tmp_path) == read_metrics(straight)

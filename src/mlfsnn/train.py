@@ -313,6 +313,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     checkpoint("last", epoch)
                 if done:
                     break
+                if dist_utils.all_reduce_sum([float(guard.requested)], ctx.device)[0]:  # signal during eval
+                    if epoch % tr.checkpoint_every:
+                        checkpoint("last", epoch)
+                    status = "preempted"
+                    break
         except NonFiniteLoss as exc:
             status = "non_finite_loss"
             log.error("%s; stopping. The last good checkpoint is kept in %s", exc, run_dir / "checkpoints")
