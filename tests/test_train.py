@@ -219,7 +219,7 @@ def test_grad_norms_are_logged_per_layer(tmp_path: Path) -> None:
 
 
 def test_add_grad_norms_groups_parameters_by_layer() -> None:
-    from mlfsnn.train import add_grad_norms
+    from mlfsnn.observe import add_grad_norms
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1, bias=False))
     model[0].weight.grad = torch.full((2, 2), 1.0)

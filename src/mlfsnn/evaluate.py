@@ -10,6 +10,7 @@ that config (e.g. another T, data root or batch size). Results go to stdout and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -17,17 +18,51 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from . import runtime
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, validate
 from .data import DataError, build_datasets
+from .distributed import all_reduce_sum
 from .loggers import environment, write_json
+from .observe import NeuronMonitor, SynapticOps
 from .resnet import count_parameters
-from .train import evaluate
 
 log = logging.getLogger("mlfsnn")
+
+
+@torch.inference_mode()
+def evaluate(model, loader, ctx: runtime.Context, observe: bool = True) -> dict[str, Any]:
+    """Test loss, accuracy (%) and, when ``observe``, per-layer firing rate, dormant ratio and SOPs."""
+    model.eval()
+    total_loss = correct = seen = 0.0
+    monitor, sops = NeuronMonitor(model, dormant=True), SynapticOps(model)
+    with contextlib.ExitStack() as stack:
+        if observe:
+            stack.enter_context(monitor)
+            stack.enter_context(sops)
+        for x, y in loader:
+            x, y = runtime.to_model_input(x, ctx), y.to(ctx.device, non_blocking=True)
+            with ctx.autocast():
+                logits = model(x)
+            total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += y.shape[0]
+    total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], ctx.device)
+    seen = max(seen, 1.0)
+    out: dict[str, Any] = {"test_loss": total_loss / seen, "test_acc": 100.0 * correct / seen}
+    if observe:
+        runtime.reduce_observations(monitor, sops, ctx)
+        out["firing_rate"] = monitor.firing_rate()
+        out["dormant_ratio"] = monitor.dormant_ratio()
+        out["sops_per_sample"] = sops.sops_per_sample()
+        out["ann_macs_per_sample"] = sops.ann_macs_per_sample()
+    return out
+
+
 USAGE = "usage: snn-eval checkpoint=<file or run dir> [key=value ...] [out=<eval.json path>]"
 
 

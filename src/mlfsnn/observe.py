@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .neurons import MLF, mlf_dormant_mask
 
-__all__ = ["LayerStats", "NeuronMonitor", "SynapticOps"]
+__all__ = ["LayerStats", "NeuronMonitor", "SynapticOps", "add_grad_norms"]
 
 
 @dataclass
@@ -178,3 +178,15 @@ def _macs_per_item(layer: nn.Module, output: Tensor) -> int:
         k = layer.kernel_size[0] * layer.kernel_size[1]
         return output[0].numel() * (layer.in_channels // layer.groups) * k
     return output[0].numel() * layer.in_features
+
+
+def add_grad_norms(model: torch.nn.Module, sums: dict[str, float]) -> None:
+    """Add this step's gradient L2 norm of every layer (all its parameters together) to ``sums``."""
+    groups: dict[str, list[torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            layer = name.removeprefix("module.").rpartition(".")[0]
+            groups.setdefault(layer, []).append(p.grad.detach().float().pow(2).sum())
+    norms = torch.stack([torch.stack(g).sum() for g in groups.values()]).sqrt().tolist()  # one sync
+    for layer, norm in zip(groups, norms, strict=True):
+        sums[layer] = sums.get(layer, 0.0) + norm

@@ -14,7 +14,6 @@ writes the same metrics as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -33,8 +32,9 @@ from . import runtime
 from .checkpoint import CheckpointError, capture_rng, load_resume_state, restore_rng, save_checkpoint
 from .config import ConfigError, validate
 from .data import DataError, build_datasets
+from .evaluate import evaluate
 from .loggers import MetricsLog, WandbLogger, add_file_log, environment, write_json
-from .observe import NeuronMonitor, SynapticOps
+from .observe import add_grad_norms
 from .preemption import PreemptionGuard
 from .resnet import count_parameters
 
@@ -55,18 +55,6 @@ class EpochProgress:
     seen: float = 0.0
     time_s: float = 0.0
     grad_norm_sum: dict[str, float] = field(default_factory=dict)  # trainer.log_grad_norms
-
-
-def add_grad_norms(model: torch.nn.Module, sums: dict[str, float]) -> None:
-    """Add this step's gradient L2 norm of every layer (all its parameters together) to ``sums``."""
-    groups: dict[str, list[torch.Tensor]] = {}
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            layer = name.removeprefix("module.").rpartition(".")[0]
-            groups.setdefault(layer, []).append(p.grad.detach().float().pow(2).sum())
-    norms = torch.stack([torch.stack(g).sum() for g in groups.values()]).sqrt().tolist()  # one sync
-    for layer, norm in zip(groups, norms, strict=True):
-        sums[layer] = sums.get(layer, 0.0) + norm
 
 
 def _step_flags(ctx: runtime.Context, loss: torch.Tensor, guard: PreemptionGuard | None) -> tuple[bool, bool]:
@@ -144,35 +132,6 @@ def epoch_metrics(progress: EpochProgress, ctx: runtime.Context) -> dict[str, An
     }
     if progress.grad_norm_sum:  # gradients are identical on every rank after DDP's all-reduce
         out["grad_norm"] = {k: v / max(progress.batches, 1) for k, v in progress.grad_norm_sum.items()}
-    return out
-
-
-@torch.inference_mode()
-def evaluate(model, loader, ctx: runtime.Context, observe: bool = True) -> dict[str, Any]:
-    """Test loss, accuracy (%) and, when ``observe``, per-layer firing rate, dormant ratio and SOPs."""
-    model.eval()
-    total_loss = correct = seen = 0.0
-    monitor, sops = NeuronMonitor(model, dormant=True), SynapticOps(model)
-    with contextlib.ExitStack() as stack:
-        if observe:
-            stack.enter_context(monitor)
-            stack.enter_context(sops)
-        for x, y in loader:
-            x, y = runtime.to_model_input(x, ctx), y.to(ctx.device, non_blocking=True)
-            with ctx.autocast():
-                logits = model(x)
-            total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += y.shape[0]
-    total_loss, correct, seen = dist_utils.all_reduce_sum([total_loss, correct, seen], ctx.device)
-    seen = max(seen, 1.0)
-    out: dict[str, Any] = {"test_loss": total_loss / seen, "test_acc": 100.0 * correct / seen}
-    if observe:
-        runtime.reduce_observations(monitor, sops, ctx)
-        out["firing_rate"] = monitor.firing_rate()
-        out["dormant_ratio"] = monitor.dormant_ratio()
-        out["sops_per_sample"] = sops.sops_per_sample()
-        out["ann_macs_per_sample"] = sops.ann_macs_per_sample()
     return out
 
 
