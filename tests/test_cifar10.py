@@ -94,3 +94,12 @@ def test_corrupt_cifar10_is_reported_not_downloaded(tmp_path: Path) -> None:
     cfg = compose_cfg([f"dataset.root={tmp_path / 'c10'}", "dataset.download=false"])
     with pytest.raises(DataError, match="cifar-10-batches-py"):
         build_datasets(cfg.dataset, 4)
+
+
+def test_cifar10_augmentation_is_the_release_recipe(cifar_root: Path) -> None:
+    from torchvision import transforms as tv
+
+    train_set, _, _ = build_datasets(compose_cfg([f"dataset.root={cifar_root}"]).dataset, 4)
+    kinds = [type(t) for t in train_set.transform.transforms]
+    assert kinds == [tv.RandomHorizontalFlip, tv.RandomCrop, tv.ToTensor, tv.Normalize]
+    assert train_set.transform.transforms[1].padding == 4

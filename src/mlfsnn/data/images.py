@@ -46,7 +46,8 @@ def build_cifar10(cfg: Any, time_steps: int) -> tuple[Dataset, Dataset, DataInfo
 
     root = Path(os.path.expanduser(str(cfg.root))).resolve()
     normalize = [tv.ToTensor(), tv.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
-    augment = [tv.RandomCrop(32, padding=4), tv.RandomHorizontalFlip()] if cfg.augment else []
+    # The release flips, then crops: same order, so a seed draws the same augmentation.
+    augment = [tv.RandomHorizontalFlip(), tv.RandomCrop(32, padding=4)] if cfg.augment else []
     socket.setdefaulttimeout(60)  # an unreachable host must fail, not hang the run
     train = _cifar10_split(root, True, bool(cfg.download), tv.Compose(augment + normalize))
     test = _cifar10_split(root, False, False, tv.Compose(normalize))
