@@ -314,3 +314,35 @@ def test_cifar_tonic_source_needs_aedat(tmp_path) -> None:
         pytest.skip("the aedat package is installed")
     with pytest.raises(DataError, match=r"aedat.*mlfsnn\[aedat4\]"):
         build(tmp_path, f"dataset.root={tmp_path}", "dataset.source=tonic", dataset="cifar10_dvs")
+
+
+def test_concurrent_preparations_build_an_entry_once(tmp_path: Path) -> None:
+    import fcntl
+    import json
+    import threading
+
+    from mlfsnn.data.cache import CACHE_VERSION, locked_build
+
+    entry = tmp_path / "cache" / "dvs_gesture" / "abc123"
+    entry.parent.mkdir(parents=True)
+    stale = entry.parent / f".{entry.name}.tmp-killed"
+    stale.mkdir()
+    calls: list[str] = []
+    results: list[tuple] = []
+    (tmp_path / "cache" / ".locks").mkdir()
+    with open(tmp_path / "cache" / ".locks" / f"dvs_gesture-{entry.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is building this entry
+        waiter = threading.Thread(
+            target=lambda: results.append(locked_build(entry, lambda: calls.append("built")))
+        )
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive() and not calls  # it waits instead of building a second copy
+        entry.mkdir()
+        (entry / "meta.json").write_text(json.dumps({"version": CACHE_VERSION, "splits": {}}))
+    waiter.join(10)
+    assert not calls and results[0][0] == entry and results[0][1]["version"] == CACHE_VERSION
+    assert stale.exists()  # only a builder holding the lock cleans up
+    calls.clear()
+    locked_build(tmp_path / "cache" / "dvs_gesture" / "other", lambda: calls.append("built"))
+    assert calls == ["built"]

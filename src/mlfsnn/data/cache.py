@@ -10,6 +10,7 @@ renamed into place when complete, so a crash or a concurrent build never leaves 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -64,6 +65,30 @@ def load_meta(entry: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return meta if meta.get("version") == CACHE_VERSION else None
+
+
+def locked_build(
+    entry: Path, build: Callable[[], tuple[Path, dict[str, Any]]]
+) -> tuple[Path, dict[str, Any]]:
+    """``(entry, meta)`` of a complete entry, calling ``build`` only if no process has built it yet.
+
+    Processes preparing the same entry at once (sweep jobs, SLURM array tasks) take turns on a lock
+    file in the cache's ``.locks`` folder; the ones that waited find the finished entry and read it instead of rebuilding.
+    Leftover temporary folders of killed builds are removed while the lock is held.
+    """
+    meta = load_meta(entry)
+    if meta is not None:
+        return entry, meta
+    locks = entry.parent.parent / ".locks"  # beside the dataset folders, so those hold entries only
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{entry.parent.name}-{entry.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        meta = load_meta(entry)
+        if meta is not None:
+            return entry, meta
+        for stale in entry.parent.glob(f".{entry.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return build()
 
 
 def _narrowest(max_count: int) -> np.dtype:

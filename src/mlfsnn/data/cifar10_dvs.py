@@ -23,7 +23,15 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from . import register
-from .cache import build_entry, entry_dir, fingerprint, frame_job, load_meta, open_entry, run_ordered
+from .cache import (
+    build_entry,
+    entry_dir,
+    fingerprint,
+    frame_job,
+    locked_build,
+    open_entry,
+    run_ordered,
+)
 from .common import DataError, DataInfo
 from .events import CorruptFileError, read_aedat2_dvs128, read_bytes, validate_events
 from .framing import FrameSpec, spec_from_cfg
@@ -241,9 +249,10 @@ def plan(cfg: Any, time_steps: int) -> dict[str, Any]:
 def prepare(cfg: Any, time_steps: int, progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """The cache entry for ``cfg``, built from the recordings when it does not exist yet."""
     p = plan(cfg, time_steps)
-    meta = load_meta(p["entry"])
-    if meta is not None:
-        return p["entry"], meta
+    return locked_build(p["entry"], lambda: _build(p, cfg, time_steps, progress))
+
+
+def _build(p: dict[str, Any], cfg: Any, time_steps: int, progress: bool) -> tuple[Path, dict[str, Any]]:
     spec, skip, workers = p["spec"], p["skip"], int(cfg.get("num_workers_prepare", 0))
     info = {"root": str(p["root"]), "input": str(p["root"])}
     if p["source"] == "tonic":
