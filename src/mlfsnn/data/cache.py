@@ -73,8 +73,8 @@ def locked_build(
     """``(entry, meta)`` of a complete entry, calling ``build`` only if no process has built it yet.
 
     Processes preparing the same entry at once (sweep jobs, SLURM array tasks) take turns on a lock
-    file in the cache's ``.locks`` folder; the ones that waited find the finished entry and read it instead of rebuilding.
-    Leftover temporary folders of killed builds are removed while the lock is held.
+    file in the cache's ``.locks`` folder; the ones that waited find the finished entry and read it
+    instead of rebuilding. Leftover temporary folders of killed builds are removed under the lock.
     """
     meta = load_meta(entry)
     if meta is not None:
