@@ -201,7 +201,7 @@ def test_fallback_warns_once_and_is_correct(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_build_failure_raises_kernel_unavailable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setenv("MLFSNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("MLFSNN_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     cpu.reset_cpu_kernel()
     try:
@@ -227,7 +227,7 @@ def test_failure_is_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_fresh_cache_builds(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setenv("MLFSNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("MLFSNN_KERNEL_CACHE", str(tmp_path))
     cpu.reset_cpu_kernel()
     try:
         cpu.load_cpu_kernel()

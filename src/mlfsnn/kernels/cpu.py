@@ -3,7 +3,7 @@
 Why plain C through ctypes and not ``torch.utils.cpp_extension.load_inline``: ``load_inline`` needs
 ``ninja`` (not a dependency of this package) and compiles against the torch headers, which takes
 about a minute; this file needs only a C compiler and builds in about a second. The library is
-cached under ``$MLFSNN_CACHE_DIR`` (default ``~/.cache/mlfsnn``), keyed by the source, the flags, the
+cached under ``$MLFSNN_KERNEL_CACHE`` (default ``~/.cache/mlfsnn``), keyed by the source, the flags, the
 compiler and the CPU, so ``-march=native`` builds are never shared between different CPUs.
 
 The library links ``libgomp.so.1``; torch has already loaded a library of that soname, so the
@@ -153,7 +153,7 @@ class KernelUnavailable(RuntimeError):
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("MLFSNN_CACHE_DIR")
+    root = os.environ.get("MLFSNN_KERNEL_CACHE")
     if root:
         return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME")
