@@ -61,8 +61,10 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+    # Set both ways: the switch is process-wide. warn_only, since some CUDA backward kernels (adaptive
+    # average pooling) have no deterministic version; CPU runs are bit-identical either way.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic  # autotuned convolutions unless reproducible
 
 
 def to_model_input(x: torch.Tensor, ctx: Context) -> torch.Tensor:
