@@ -4,7 +4,8 @@ Tensors are time first, ``[T, B, ...]``.
 """
 
 from .neurons import MLF, mlf, mlf_reference
-from .observe import NeuronMonitor
+from .observe import NeuronMonitor, SynapticOps
+from .release import convert_release_state_dict
 from .resnet import PAPER_NETS, SpikingResNet, count_parameters, create_model, spiking_resnet
 from .tdbn import TdBatchNorm
 
@@ -15,7 +16,9 @@ __all__ = [
     "PAPER_NETS",
     "NeuronMonitor",
     "SpikingResNet",
+    "SynapticOps",
     "TdBatchNorm",
+    "convert_release_state_dict",
     "count_parameters",
     "create_model",
     "mlf",
