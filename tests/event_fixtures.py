@@ -7,6 +7,7 @@
   ``[N, 4]`` rows ``x, y, p, t_ms``.
 
 Events are ``(x, y, t_us, p)`` tuples in sensor coordinates (x = column, y = row).
+``reference_frames`` frames them event by event: the expected value for the framing code.
 """
 
 from __future__ import annotations
@@ -176,3 +177,16 @@ def write_tonic_gesture(root: Path, users: dict[str, Sequence[int]], seed: int =
                 arr = np.concatenate([xyp, t_ms[:, None]], 1)
                 np.save(d / f"{label}.npy", arr.astype(np.int32))
     return loc
+
+
+def reference_frames(
+    rows, steps: int, bin_us: int, div: float, size: int, origin: int, transpose: bool = False
+) -> np.ndarray:
+    """The paper's framing written out event by event (Python float floor division like the release)."""
+    out = np.zeros((steps, 2, size, size), dtype=np.int64)
+    for x, y, t, p in rows:
+        b = (t - origin) // bin_us
+        if t >= origin and b < steps:
+            col, row = int(x // div), int(y // div)
+            out[(b, p, col, row) if transpose else (b, p, row, col)] += 1
+    return out

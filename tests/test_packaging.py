@@ -47,7 +47,11 @@ def test_wheel_ships_configs_and_data_files(tmp_path: Path) -> None:
         "with initialize_config_module('mlfsnn.configs', version_base='1.3'):\n"
         "    cfg = compose('train', overrides=['+experiment=dvs_gesture', '+variant=lif_plain'])\n"
         "assert cfg.time_steps == 40 and cfg.neuron.levels == 1 and cfg.model.block == 'plain'\n"
-        "assert (r.files('mlfsnn') / 'paper_results.yaml').is_file()\n"
+        "assert (r.files('mlfsnn.report') / 'paper_results.yaml').is_file()\n"
+        "assert (r.files('mlfsnn.kernels') / 'mlf_kernel.c').is_file()\n"
+        "import mlfsnn.cli.train, mlfsnn.cli.eval, mlfsnn.cli.data, mlfsnn.cli.report, mlfsnn.cli.bench\n"
+        "import importlib.metadata as md\n"
+        "assert md.metadata('mlfsnn')['License-Expression'] == 'MIT'\n"
         "print('ok')\n"
     )
     out = subprocess.run(

@@ -1,23 +1,40 @@
 """mlfsnn: multi-level firing spiking neurons, tdBN and spiking DS-ResNet (IJCAI 2022).
 
-Tensors are time first, ``[T, B, ...]``.
+Tensors are time first, ``[T, B, ...]``. The library lives in :mod:`mlfsnn.nn` (with the fused
+kernels in :mod:`mlfsnn.kernels`); the experiment runner (:mod:`mlfsnn.runner`, :mod:`mlfsnn.data`,
+:mod:`mlfsnn.report`, :mod:`mlfsnn.cli`) is built on it and imported only when used.
 """
 
-from .neurons import MLF, mlf, mlf_reference
-from .observe import NeuronMonitor, SynapticOps
-from .release import convert_release_state_dict
-from .resnet import PAPER_NETS, SpikingResNet, count_parameters, create_model, spiking_resnet
-from .tdbn import TdBatchNorm
+from .errors import CheckpointError, ConfigError, DataError, ReportError, UserError
+from .nn import (
+    MLF,
+    PAPER_NETS,
+    NeuronMonitor,
+    SpikingResNet,
+    SynapticOps,
+    TdBatchNorm,
+    convert_release_state_dict,
+    count_parameters,
+    create_model,
+    mlf,
+    mlf_reference,
+    spiking_resnet,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MLF",
     "PAPER_NETS",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
     "NeuronMonitor",
+    "ReportError",
     "SpikingResNet",
     "SynapticOps",
     "TdBatchNorm",
+    "UserError",
     "convert_release_state_dict",
     "count_parameters",
     "create_model",

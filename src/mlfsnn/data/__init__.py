@@ -7,20 +7,26 @@ the model as ``[T, B, C, H, W]``.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 from torch.utils.data import Dataset
 
-from .common import DataError, DataInfo
+from ..errors import DataError
+from .info import DataInfo
 
 __all__ = ["DATASETS", "DataError", "DataInfo", "build_datasets", "register"]
 
 Builder = Callable[[Any, int], tuple[Dataset, Dataset, DataInfo]]
 DATASETS: dict[str, Builder] = {}
+# Imported on first use so that `import mlfsnn` does not pull in torchvision, sklearn or tonic.
+_BUILDER_MODULES = ("images", "events.dvs_gesture", "events.cifar10_dvs")
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: make ``fn`` the builder that ``dataset.name=name`` selects."""
+
     def wrap(fn: Builder) -> Builder:
         DATASETS[name] = fn
         return fn
@@ -37,10 +43,7 @@ def build_datasets(cfg: Any, time_steps: int) -> tuple[Dataset, Dataset, DataInf
 
 
 def _load_builders() -> None:
-    # Imported lazily so that `import mlfsnn` does not pull in torchvision, sklearn or tonic.
-    import importlib
-
-    for module in ("images", "dvs_gesture", "cifar10_dvs"):
+    for module in _BUILDER_MODULES:
         try:
             importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as exc:  # a dataset family not installed in this checkout

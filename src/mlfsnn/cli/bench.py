@@ -1,0 +1,83 @@
+"""snn-bench: MLF neuron and training-step benchmarks; writes ``bench.json`` and ``bench.md``.
+
+    snn-bench                 # the full CPU benchmark (about 7 minutes on 2 cores)
+    snn-bench --quick         # tiny sizes, seconds (a smoke test of the benchmark itself)
+
+See :mod:`mlfsnn.bench` for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ._common import user_errors_exit
+
+NETS = ("dvs_gesture", "cifar10", "cifar10_dvs")
+VARIANTS = ("mlf", "relu", "vectorized", "reference")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="snn-bench", description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat, memory of the first net only")
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for bench.json and bench.md")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, quick 1)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--nets", nargs="+", default=None, choices=NETS, help="subset of the paper nets")
+    p.add_argument("--skip-neuron", action="store_true")
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-memory", action="store_true")
+    return p
+
+
+def run_bench(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv`` like the command line, run, write the reports and return the results."""
+    import torch
+
+    from .. import bench
+
+    args = _parser().parse_args(argv)
+    if args.threads < 1 or (args.repeats is not None and args.repeats < 1):
+        raise ConfigError(f"--threads={args.threads} / --repeats={args.repeats} are invalid: expected >= 1")
+    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device={name} is invalid: CUDA is not available here (use cpu)")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device={name!r} is invalid: expected cpu, cuda or cuda:N") from None
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    try:
+        result = bench.run(
+            device,
+            quick=args.quick,
+            repeats=args.repeats,
+            variants=args.variants,
+            nets=args.nets,
+            threads=args.threads,
+            neuron=not args.skip_neuron,
+            train=not args.skip_train,
+            memory=not args.skip_memory,
+        )
+    finally:
+        torch.set_num_threads(threads)  # called in-process (tests): leave the caller's setting alone
+    print(bench.write(result, args.out))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``snn-bench``."""
+    user_errors_exit(lambda: run_bench(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""snn-train: build a spiking (DS-)ResNet from a Hydra config and train it with STBP.
+
+snn-train +experiment=digits                       # offline demo
+snn-train +experiment=cifar10 trainer.epochs=2     # the paper recipe, shortened
+torchrun --nproc_per_node=4 -m mlfsnn.train ...    # data parallel (the same program)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ..errors import UserError
+from ..runner import distributed as dist
+from ..runner.trainer import train
+from ._common import fail, one_line
+
+log = logging.getLogger("mlfsnn")
+
+
+def _log_to_files(message: str) -> None:
+    """Record an error in train.log without repeating it on the console (stderr already shows it)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for logger in (log, logging.getLogger()):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+
+
+def _hydra_entry(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    rank0 = dist.env_rank() == 0
+    if rank0:
+        print(f"run directory: {run_dir}", file=sys.stderr)
+    try:
+        summary = train(cfg, run_dir)
+    except UserError as exc:
+        _log_to_files(f"error: {one_line(exc)}")
+        fail(one_line(exc))
+    if rank0 and summary["status"] == "preempted":
+        hint = f"trainer.resume=auto hydra.run.dir={run_dir}"
+        print(f"stopped by a signal, checkpoint saved; continue with: {hint}", file=sys.stderr)
+    elif rank0:
+        print(f"run directory: {run_dir}", file=sys.stderr)
+    return summary.get("best_test_acc")  # the sweep objective
+
+
+def rank_overrides(argv: list[str]) -> list[str]:
+    """Under torchrun only rank 0 keeps Hydra's run directory and log file; the others write nothing.
+
+    (Their run directory is rank 0's, broadcast by the trainer.)
+    """
+    if dist.env_world_size() <= 1 or dist.env_rank() == 0:
+        return argv
+    extra = ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
+        extra.append(f"hydra.run.dir={os.getcwd()}")
+    return argv + extra
+
+
+def main() -> None:
+    """Console entry point ``snn-train`` (also ``python -m mlfsnn.train``)."""
+    import hydra
+
+    sys.argv = [sys.argv[0], *rank_overrides(sys.argv[1:])]
+    hydra.main(config_path="pkg://mlfsnn.configs", config_name="train", version_base="1.3")(_hydra_entry)()
+
+
+if __name__ == "__main__":
+    main()

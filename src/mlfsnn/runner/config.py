@@ -1,0 +1,159 @@
+"""Checks on a composed config, before any work: one-line errors naming key, value and what is allowed.
+
+Rules live where they are enforced: neuron and network arguments are checked by the library's own
+checks (:func:`~mlfsnn.nn.neurons.check_neuron_args`, :func:`~mlfsnn.nn.resnet.check_model_args`),
+optimizer and scheduler names and their keys come from the builders' tables. This module only maps
+their answers to config keys.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError
+from ..nn._args import ArgError
+from ..nn.neurons import check_neuron_args
+from ..nn.resnet import check_model_args
+from .builders import OPTIMIZERS, SCHEDULERS
+
+__all__ = ["ConfigError", "validate"]
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def _int(cfg: DictConfig, key: str, low: int, optional: bool = False) -> None:
+    v = _get(cfg, key)
+    if v is None and optional:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        _fail(key, v, f"expected an integer >= {low}" + (" or null" if optional else ""))
+
+
+def _number(
+    cfg: DictConfig,
+    key: str,
+    low: float | None = None,
+    high: float | None = None,
+    strict_low: bool = False,
+    optional: bool = False,
+) -> None:
+    v = _get(cfg, key)
+    if v is None and optional:
+        return
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    if ok and low is not None:
+        ok = v > low if strict_low else v >= low
+    if ok and high is not None:
+        ok = v <= high
+    if not ok:
+        rng = []
+        if low is not None:
+            rng.append(f"{'>' if strict_low else '>='} {low}")
+        if high is not None:
+            rng.append(f"<= {high}")
+        _fail(
+            key,
+            v,
+            "expected a number" + (" " + " and ".join(rng) if rng else "") + (" or null" if optional else ""),
+        )
+
+
+def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
+    v = _get(cfg, key)
+    if v not in choices:
+        _fail(key, v, f"expected one of {', '.join(choices)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first invalid value of a composed ``train`` config."""
+    try:
+        _validate(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # missing keys, failed interpolations: still one line
+        raise ConfigError(f"config error: {exc}".splitlines()[0]) from None
+
+
+def _validate(cfg: DictConfig) -> None:
+    _int(cfg, "time_steps", 1)
+    _library_args(cfg)
+    _table(cfg, "optimizer", OPTIMIZERS)
+    _number(cfg, "optimizer.lr", 0, strict_low=True)
+    _number(cfg, "optimizer.weight_decay", 0)
+    if _get(cfg, "optimizer.name") == "sgd":
+        _number(cfg, "optimizer.momentum", 0, 1)
+    _table(cfg, "scheduler", SCHEDULERS)
+    if _get(cfg, "scheduler.name") == "step":
+        _int(cfg, "scheduler.step_size", 1)
+        _number(cfg, "scheduler.gamma", 0, strict_low=True)
+    _trainer(cfg)
+    if _get(cfg, "logger.wandb.enabled"):
+        mode = _get(cfg, "logger.wandb.mode")
+        if mode not in (None, "online", "offline", "disabled"):
+            _fail("logger.wandb.mode", mode, "expected online, offline or disabled (or set WANDB_MODE)")
+    if _get(cfg, "dataset.subset") is not None:
+        _int(cfg, "dataset.subset", 1)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+
+
+def _library_args(cfg: DictConfig) -> None:
+    """The neuron and network arguments, checked by the library itself (docs/method.md §1, §4)."""
+    try:
+        n = cfg.neuron
+        check_neuron_args(_get(cfg, "neuron.levels"), n.threshold, n.width, n.decay)
+    except ArgError as exc:
+        _fail(f"neuron.{exc.arg}", exc.value, f"expected {exc.allowed}")
+    if not isinstance(_get(cfg, "neuron.detach_reset"), bool):
+        _fail("neuron.detach_reset", _get(cfg, "neuron.detach_reset"), "expected true or false")
+    try:
+        m = cfg.model
+        check_model_args(_get(cfg, "model.depth"), _plain(m.widths), m.block)
+    except ArgError as exc:
+        _fail(f"model.{exc.arg}", _plain(exc.value), f"expected {exc.allowed}")
+
+
+def _table(cfg: DictConfig, group: str, table: dict[str, Any]) -> None:
+    """``group.name`` must be a key of the builder's table, and every key that builder reads must exist."""
+    name = _get(cfg, f"{group}.name")
+    if name not in table:
+        _fail(f"{group}.name", name, f"expected one of {', '.join(table)}")
+    for key in table[name].keys:
+        if OmegaConf.select(cfg, f"{group}.{key}", default="__missing__") == "__missing__":
+            raise ConfigError(
+                f"{group}.{key} is missing: {group}.name={name} needs {', '.join(table[name].keys)}"
+            )
+
+
+def _trainer(cfg: DictConfig) -> None:
+    for key in ("epochs", "batch_size", "eval_every", "checkpoint_every"):
+        _int(cfg, f"trainer.{key}", 1)
+    _int(cfg, "trainer.eval_batch_size", 1, optional=True)
+    _int(cfg, "trainer.max_steps", 1, optional=True)
+    _int(cfg, "trainer.num_workers", 0)
+    _int(cfg, "trainer.seed", 0)
+    _number(cfg, "trainer.grad_clip", 0, strict_low=True, optional=True)
+    device = _get(cfg, "trainer.device")
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        _fail("trainer.device", device, "expected auto, cpu, cuda or cuda:N")
+    _choice(cfg, "trainer.precision", ("fp32", "bf16", "fp16"))
+    for key in ("deterministic", "progress", "sync_bn", "log_grad_norms", "channels_last", "compile"):
+        if not isinstance(_get(cfg, f"trainer.{key}"), bool):
+            _fail(f"trainer.{key}", _get(cfg, f"trainer.{key}"), "expected true or false")
+    if _get(cfg, "trainer.pin_memory") not in ("auto", True, False):
+        _fail("trainer.pin_memory", _get(cfg, "trainer.pin_memory"), "expected auto, true or false")
+    resume = _get(cfg, "trainer.resume")
+    if resume is not None and not isinstance(resume, str):
+        _fail("trainer.resume", resume, "expected null, auto, a run directory or a checkpoint file")

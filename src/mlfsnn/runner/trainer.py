@@ -1,0 +1,305 @@
+"""A training run from start to finish: ``setup -> resume -> fit -> finish``.
+
+Resume is exact: the data order and augmentation depend only on (seed, epoch, sample), and a
+checkpoint written mid-epoch (on SIGTERM / SIGUSR1) stores how far the epoch got, so a resumed run
+writes the same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..data import build_datasets
+from ..nn import count_parameters
+from . import distributed as dist
+from .builders import build_model, build_optimizer, build_scheduler, training_model
+from .checkpoint import capture_rng, check_resume_compatible, load_resume_state, restore_rng, save_checkpoint
+from .config import validate
+from .context import Context, format_row, seed_everything
+from .loop import EpochProgress, NonFiniteLoss, epoch_metrics, evaluate, train_one_epoch
+from .outputs import MetricsLog, WandbLogger, add_file_log, environment, write_json
+from .preemption import PreemptionGuard
+
+__all__ = ["RunState", "Trainer", "train"]
+
+log = logging.getLogger("mlfsnn")
+
+
+@dataclass
+class RunState:
+    """What the loop advances and a checkpoint stores."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
+    progress: EpochProgress = field(default_factory=EpochProgress)  # the epoch in progress
+    rng: dict[str, Any] | None = None  # RNG states of a mid-epoch checkpoint, restored on resume
+    wandb_id: str | None = None
+    status: str = "ok"  # ok | preempted | non_finite_loss
+    last_eval: dict[str, Any] | None = None
+
+
+class Trainer:
+    """Owns the model, optimizer and outputs of one run; :func:`train` drives it."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.state = RunState()
+
+    # --- setup ----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Validate, join the process group, then build data, model, optimizer: all before any work."""
+        validate(self.cfg)
+        self.ctx = ctx = Context.create(self.cfg)
+        ctx.rank, ctx.world_size, local_rank = dist.init_distributed(ctx.device.type)
+        if ctx.world_size > 1 and ctx.device.type == "cuda":
+            ctx.device = torch.device("cuda", local_rank)
+        _ = ctx.local_batch_size  # the global batch must split evenly: fail before any work
+        self.run_dir = Path(dist.broadcast_object(str(self.run_dir)))
+        if ctx.main_rank:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            add_file_log(self.run_dir / "train.log")
+            log.info("run directory: %s", self.run_dir)
+        else:
+            log.setLevel(logging.WARNING)
+        seed_everything(self.cfg.trainer.seed, self.cfg.trainer.deterministic)
+        self._setup_data()
+        self._setup_model()
+
+    def _setup_data(self) -> None:
+        with dist.rank_zero_first():  # one process builds an event-frame cache, the rest reuse it
+            self.train_set, test_set, self.info = build_datasets(self.cfg.dataset, self.cfg.time_steps)
+        info = self.info
+        self.ctx.static = info.static
+        log.info("data: %s (%s), %d train / %d test samples", *_data_line(info))
+        for note in info.notes:
+            log.info("data note: %s", note)
+        self.test_loader = self.ctx.test_loader(test_set)
+
+    def _setup_model(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        self.model = build_model(cfg, self.info).to(ctx.device)
+        self.num_params = count_parameters(self.model)
+        m = cfg.model
+        log.info(
+            "model: %s-ResNet-%d %s, K=%d, T=%d, %d parameters, %d process(es)",
+            *(m.block.upper(), m.depth, list(m.widths), cfg.neuron.levels, cfg.time_steps),
+            *(self.num_params, ctx.world_size),
+        )
+        self.train_model = training_model(self.model, ctx)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.trainer.precision == "fp16")
+        self.resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    # --- resume -----------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Continue from the checkpoint ``trainer.resume`` names, if any."""
+        saved, path = load_resume_state(self.cfg.trainer.resume, self.run_dir, map_location=self.ctx.device)
+        if saved is None:
+            return
+        check_resume_compatible(saved["config"], self.resolved, path)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        st = self.state = RunState(
+            epoch=saved["epoch"],
+            step=saved["step"],
+            best_acc=saved["best_acc"],
+            best_epoch=saved["best_epoch"],
+            history=saved["history"],
+            rng=saved["rng"],
+            wandb_id=saved.get("wandb_id"),
+        )
+        if saved.get("in_epoch"):  # written mid-epoch: continue that epoch where it stopped
+            sums = saved["in_epoch"]  # global sums: rank 0 continues with them, the others from 0
+            st.progress = EpochProgress(**sums) if self.ctx.main_rank else EpochProgress(sums["batches"])
+        partial = f" + {st.progress.batches} batches" if st.progress.batches else ""
+        log.info("resumed from %s after epoch %d%s (step %d)", path, st.epoch, partial, st.step)
+
+    # --- fit --------------------------------------------------------------------------------------
+
+    def fit(self) -> None:
+        """Run the remaining epochs; stops early on a signal (checkpoint first) or a non-finite loss."""
+        st, main = self.state, self.ctx.main_rank
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl" if main else None, st.history)
+        wandb_cfg = self.cfg.logger.wandb if main else None
+        self.wandb = WandbLogger(wandb_cfg, self.run_dir, self.resolved, self.cfg.name, st.wandb_id)
+        self.t0 = time.perf_counter()
+        with PreemptionGuard() as self.guard:
+            try:
+                for epoch in range(st.epoch + 1, self.cfg.trainer.epochs + 1):
+                    if not self._run_epoch(epoch):
+                        break
+            except NonFiniteLoss as exc:
+                st.status = "non_finite_loss"
+                log.error(
+                    "%s; stopping. The last good checkpoint is kept in %s", exc, self.run_dir / "checkpoints"
+                )
+
+    def _run_epoch(self, epoch: int) -> bool:
+        """Train, evaluate, log and checkpoint one epoch; ``False`` when the run should stop."""
+        tr, st, ctx = self.cfg.trainer, self.state, self.ctx
+        seed_everything(tr.seed + epoch, tr.deterministic)
+        if st.progress.batches and st.rng is not None:
+            restore_rng(st.rng)
+        lr, t_epoch = self.optimizer.param_groups[0]["lr"], time.perf_counter()
+        loader = ctx.train_loader(self.train_set, epoch, skip_batches=st.progress.batches)
+        st.step, stopped = train_one_epoch(
+            self.train_model,
+            loader,
+            self.optimizer,
+            self.scaler,
+            ctx,
+            epoch,
+            st.step,
+            st.progress,
+            self.guard,
+        )
+        if stopped:
+            self.save("last", in_epoch=True)
+            st.status = "preempted"
+            return False
+        self.scheduler.step()
+        done = epoch == tr.epochs or (tr.max_steps is not None and st.step >= tr.max_steps)
+        row: dict[str, Any] = {"epoch": epoch, "step": st.step, **epoch_metrics(st.progress, ctx)}
+        st.epoch, st.progress = epoch, EpochProgress()
+        if epoch % tr.eval_every == 0 or done:
+            st.last_eval = evaluate(self.model, self.test_loader, ctx)
+            row.update(st.last_eval)
+            if st.last_eval["test_acc"] > st.best_acc:
+                st.best_acc, st.best_epoch = st.last_eval["test_acc"], epoch
+                row["best"] = True
+        row.update(lr=lr, epoch_time_s=time.perf_counter() - t_epoch)
+        self.metrics.append(row)
+        self.wandb.log(row, step=epoch)
+        log.info("epoch %d: %s", epoch, format_row(row))
+        if row.get("best"):
+            self.save("best")
+        if epoch % tr.checkpoint_every == 0 or done:
+            self.save("last")
+        if done:
+            return False
+        if dist.all_reduce_sum([float(self.guard.requested)], ctx.device)[0]:  # a signal during evaluation
+            if epoch % tr.checkpoint_every:
+                self.save("last")
+            st.status = "preempted"
+            return False
+        return True
+
+    def save(self, name: str, in_epoch: bool = False) -> None:
+        """Write ``checkpoints/<name>.pt`` (rank 0); ``in_epoch`` also stores the epoch in progress."""
+        st, progress = self.state, None
+        if in_epoch:  # store the global sums: rank 0 resumes with them, the others with 0
+            p = st.progress
+            sums = dist.all_reduce_sum([p.loss_sum, p.correct, p.seen], self.ctx.device)
+            progress = EpochProgress(p.batches, *sums, p.time_s, p.grad_norm_sum)
+        if not self.ctx.main_rank:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": st.epoch,
+            "step": st.step,
+            "best_acc": st.best_acc,
+            "best_epoch": st.best_epoch,
+            "history": self.metrics.history,
+            "in_epoch": asdict(progress) if progress is not None else None,
+            "wandb_id": self.wandb.run_id,
+            "rng": capture_rng(),
+            "config": self.resolved,
+            "num_params": self.num_params,
+        }
+        save_checkpoint(state, self.run_dir / "checkpoints" / f"{name}.pt", keep_previous=name == "last")
+
+    # --- finish -----------------------------------------------------------------------------------
+
+    def finish(self) -> dict[str, Any]:
+        """Write ``summary.json``, close wandb and the process group; returns the summary."""
+        st = self.state
+        summary = self.summary()
+        if self.ctx.main_rank:
+            write_json(self.run_dir / "summary.json", summary)
+        self.wandb.finish(summary, 0 if st.status == "ok" else 1)
+        if st.status == "preempted":
+            log.warning(
+                "stopped by %s: checkpoint saved to %s; rerun the same command with trainer.resume=auto "
+                "to continue",
+                self.guard.name,
+                self.run_dir / "checkpoints" / "last.pt",
+            )
+            self.guard.chain()
+        else:
+            final = summary["final_test_acc"]
+            log.info(
+                "best test acc %.2f%% (epoch %s), final %.2f%%; run directory: %s",
+                *(
+                    max(st.best_acc, 0.0),
+                    st.best_epoch,
+                    final if final is not None else math.nan,
+                    self.run_dir,
+                ),
+            )
+        dist.shutdown()
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        st, info = self.state, self.info
+        final = next((row for row in reversed(self.metrics.history) if "test_acc" in row), {})
+        last_eval = st.last_eval or final
+        return {
+            "name": self.cfg.name,
+            "status": st.status,
+            "best_test_acc": st.best_acc if st.best_acc >= 0 else None,
+            "best_epoch": st.best_epoch or None,
+            "final_test_acc": final.get("test_acc"),
+            "final_test_loss": final.get("test_loss"),
+            "num_params": self.num_params,
+            "train_samples": info.train_samples,
+            "test_samples": info.test_samples,
+            "data": info.to_dict(),
+            "epochs_completed": st.epoch,
+            "steps": st.step,
+            "wall_time_s": time.perf_counter() - self.t0,
+            **{
+                k: last_eval.get(k)
+                for k in ("firing_rate", "dormant_ratio", "sops_per_sample", "ann_macs_per_sample")
+            },
+            "world_size": self.ctx.world_size,
+            **environment(self.ctx.device),
+            "config": self.resolved,
+        }
+
+
+def _data_line(info: Any) -> tuple[str, str, int, int]:
+    return info.name, info.source, info.train_samples, info.test_samples
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train as ``cfg`` says, writing everything to ``run_dir`` (rank 0); returns the summary.
+
+    Exits with code 3 (``SystemExit``) after writing the summary when the loss became non-finite.
+    """
+    trainer = Trainer(cfg, run_dir)
+    trainer.setup()
+    trainer.resume()
+    trainer.fit()
+    summary = trainer.finish()
+    if summary["status"] == "non_finite_loss":
+        raise SystemExit(3)
+    return summary

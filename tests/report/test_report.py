@@ -1,0 +1,290 @@
+"""snn-report: grouping, aggregation, paper matching, files written, errors; one real tiny multirun.
+
+The synthetic runs are written by hand in the run-directory contract's layout. report.md and
+report.csv are compared with tests/report/golden/; after an intended change to the report's layout,
+regenerate them with ``MLFSNN_UPDATE_GOLDEN=1 python -m pytest tests/report`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mlfsnn.cli.report import main
+from mlfsnn.report import load_paper_results
+
+GOLDEN = Path(__file__).parent / "golden"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("accuracy_curves.png", "accuracy_vs_depth.png", "firing_rate.png", "dormant_ratio.png")
+
+
+def config(
+    dataset: str = "digits",
+    levels: int = 3,
+    depth: int = 8,
+    time_steps: int = 2,
+    widths: tuple[int, ...] = (4, 8, 8),
+    seed: int = 1,
+    lr: float = 0.1,
+) -> dict[str, Any]:
+    """A resolved config shaped like snn-train's (summary.json's ``config``)."""
+    return {
+        "dataset": {"name": dataset, "root": f"/data/{dataset}", "subset": None},
+        "model": {"depth": depth, "widths": list(widths), "block": "ds", "shortcut_neuron": True},
+        "neuron": {"levels": levels, "threshold": 0.6, "width": 1.0, "decay": 0.25},
+        "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4},
+        "trainer": {"epochs": 3, "batch_size": 32, "seed": seed, "resume": None, "num_workers": 0},
+        "logger": {"wandb": {"enabled": False, "mode": "offline"}},
+        "paths": {"data_dir": "/somewhere/data"},
+        "time_steps": time_steps,
+        "name": f"{dataset}-ds{depth}-K{levels}-T{time_steps}",
+    }
+
+
+def layer_names(depth: int) -> list[str]:
+    blocks = (depth - 2) // 6
+    return ["sn1"] + [f"layer{s}.{b}.sn{j}" for s in (1, 2, 3) for b in range(blocks) for j in (1, 2)]
+
+
+def make_run(
+    run_dir: Path,
+    cfg: dict[str, Any],
+    accs: list[float | None],
+    complete: bool = True,
+    status: str = "ok",
+    sops: float | None = None,
+    params: int = 1000,
+) -> None:
+    """Write metrics.jsonl (one row per epoch; None = epoch not evaluated), summary.json, .hydra/."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (run_dir / ".hydra" / "overrides.yaml").write_text("[]\n")
+    layers = layer_names(cfg["model"]["depth"])
+    rows = []
+    for epoch, acc in enumerate(accs, 1):
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "step": 10 * epoch,
+            "train_loss": 1.0 / epoch,
+            "train_acc": 50.0,
+        }
+        if acc is not None:
+            row.update(test_loss=2.0 / epoch, test_acc=acc)
+            row["firing_rate"] = {n: round(0.05 * (i % 4 + 1) * epoch, 4) for i, n in enumerate(layers)}
+            row["dormant_ratio"] = {n: round(0.1 + 0.02 * i, 4) for i, n in enumerate(layers)}
+            if sops is not None:
+                row.update(sops_per_sample=sops, ann_macs_per_sample=4 * sops)
+        row.update(lr=0.1, epoch_time_s=1.5, train_samples_per_s=100.0)
+        rows.append(row)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if not complete:
+        return
+    evaluated = [a for a in accs if a is not None]
+    summary = {
+        "status": status,
+        "best_test_acc": max(evaluated),
+        "best_epoch": accs.index(max(evaluated)) + 1,
+        "final_test_acc": evaluated[-1],
+        "num_params": params,
+        "epochs_completed": len(accs),
+        "wall_time_s": 12.3,
+        "firing_rate": rows[-1].get("firing_rate"),
+        "dormant_ratio": rows[-1].get("dormant_ratio"),
+        "world_size": 1,
+        "device": "cpu",
+        "config": cfg,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    big = {"dataset": "cifar10", "depth": 20, "time_steps": 4, "widths": (64, 128, 256)}
+    # Two seeds of the paper's CIFAR10 configuration, and its K=1 ablation.
+    make_run(root / "paper/0", config(**big, seed=1), [90.0, 93.0, 92.5], sops=1.5e8, params=4327754)
+    make_run(root / "paper/1", config(**big, seed=2), [91.0, 93.4, 92.9], sops=1.7e8, params=4327754)
+    make_run(root / "paper/2", config(**big, levels=1), [88.0, 89.5, 89.25], sops=0.9e8, params=4327754)
+    (root / "paper/multirun.yaml").write_text("hydra: {}\n")
+    # A depth sweep for K=3 and K=1 on digits, one diverged run, one learning-rate variant.
+    for i, (levels, depth, accs) in enumerate(
+        [(3, 8, [40.0, 60.0, 70.0]), (3, 14, [42.0, 64.0, 72.5]), (3, 20, [41.0, 66.0, 75.0]),
+         (1, 8, [30.0, 45.0, 50.0]), (1, 14, [28.0, 44.0, 47.0])]
+    ):  # fmt: skip
+        status = "non_finite_loss" if i == 4 else "ok"
+        make_run(
+            root / f"depth/{i}", config(levels=levels, depth=depth), accs, status=status, params=2000 + i
+        )
+    make_run(root / "depth/10", config(levels=3, depth=14, lr=0.05), [35.0, 55.0, 61.0], params=2001)
+    # A crash: no summary.json, the last epoch was not evaluated and its line was cut short, and the
+    # Hydra config still holds interpolations (one of them needs a resolver only Hydra registers).
+    crashed = root / "crashed"
+    make_run(crashed, config(levels=1, depth=20), [20.0, 35.0, None], complete=False)
+    hydra_cfg = config(levels=1, depth=20)
+    hydra_cfg["name"] = "${dataset.name}-ds${model.depth}-K${neuron.levels}-T${time_steps}"
+    hydra_cfg["paths"] = {"data_dir": "${oc.env:MLFSNN_DATA_DIR,data}", "stamp": "${now:%H-%M}"}
+    (crashed / ".hydra/config.yaml").write_text(yaml.safe_dump(hydra_cfg, sort_keys=False))
+    with open(crashed / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 4, "st')
+    return root
+
+
+def _check_golden(path: Path, name: str) -> None:
+    golden = GOLDEN / name
+    if os.environ.get("MLFSNN_UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(path.read_text())
+    assert path.read_text() == golden.read_text(), f"{name} differs from {golden} (see module docstring)"
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_matches_golden_files(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    assert main([str(runs), "--out", str(out)]) == 0
+    _check_golden(out / "report.md", "report.md")
+    _check_golden(out / "report.csv", "report.csv")
+    printed = capsys.readouterr().out
+    assert printed.startswith("| # | dataset | block | K | depth | T | widths | optimizer.lr |")
+    assert f"wrote {out / 'report.csv'}" in printed
+    assert str(tmp_path) not in (out / "report.md").read_text()  # golden parts hold no absolute paths
+
+
+def test_rows_aggregate_seeds_and_match_the_paper(runs: Path, tmp_path: Path) -> None:
+    main([str(runs), "--out", str(tmp_path / "out")])
+    rows = _read_csv(tmp_path / "out" / "report.csv")
+    key = [(r["dataset"], r["K"], r["depth"], r["optimizer.lr"]) for r in rows]
+    assert key == sorted(key, key=lambda k: (k[0], int(k[1]), int(k[2]), float(k[3])))
+    paper = [r for r in rows if r["dataset"] == "cifar10" and r["K"] == "3"]
+    assert len(paper) == 1
+    (row,) = paper
+    assert (row["n_runs"], row["seeds"], row["runs"]) == ("2", "1 2", "paper/0 paper/1")
+    assert float(row["best_acc_mean"]) == pytest.approx(93.2)
+    assert float(row["best_acc_std"]) == pytest.approx(0.28284271, abs=1e-6)  # sample std (n - 1)
+    assert float(row["sops_per_sample_mean"]) == pytest.approx(1.6e8)
+    assert (row["paper_acc"], row["paper_verified"]) == ("94.25", "false")
+    assert all(r["paper_acc"] == "" for r in rows if r is not row)  # K=1 is no paper entry
+    crashed = next(r for r in rows if r["runs"] == "crashed")
+    # The crash reports from metrics.jsonl: 3 readable epochs, the last evaluated one is epoch 2.
+    assert (crashed["n_incomplete"], crashed["epochs_max"], crashed["final_acc_mean"]) == ("1", "3", "35.0")
+    assert crashed["best_acc_std"] == "" and crashed["params"] == ""
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "94.25 (paper, unverified)" in md
+    assert "`crashed` (row " in md and "metrics.jsonl line 4 unreadable" in md
+
+
+def test_plots_are_valid_pngs(runs: Path, tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    out = tmp_path / "out"
+    main([str(runs), "--out", str(out)])
+    for name in PLOTS:
+        path = out / name
+        assert path.read_bytes()[:8] == PNG_MAGIC, name
+        assert imread(path).shape[0] > 100
+
+
+def test_missing_data_skips_plots(tmp_path: Path) -> None:
+    # One run with no evaluated epoch: no curves, no depth sweep, no layer statistics.
+    make_run(tmp_path / "run", config(), [None], complete=False)
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert not any((out / name).exists() for name in PLOTS)
+    md = (out / "report.md").read_text()
+    assert "- test accuracy per epoch: skipped (no evaluated epochs)" in md
+    assert "| 1 | digits | ds | 3 | 8 | 2 | 4/8/8 |  | – | – | 1 (1 incomplete) | 1 |  |" in md
+    assert "`run` (row 1)" in md  # a DIR that is itself a run is labelled by its name
+
+
+def test_default_out_is_next_to_the_runs(runs: Path) -> None:
+    main([str(runs / "paper")])
+    assert (runs / "paper" / "report" / "report.csv").is_file()
+    main([str(runs / "paper")])  # the report folder is not mistaken for a run
+    assert len(_read_csv(runs / "paper" / "report" / "report.csv")) == 2
+
+
+def test_paper_results_are_provenanced_and_unverified() -> None:
+    entries = load_paper_results()
+    ours = {(e["dataset"], e["depth"], e["levels"], e["time_steps"]): e["test_acc"] for e in entries
+            if e["kind"] == "this_paper"}  # fmt: skip
+    assert ours == {
+        ("cifar10", 20, 3, 4): 94.25,
+        ("dvs_gesture", 20, 3, 40): 97.29,
+        ("cifar10_dvs", 14, 3, 10): 70.36,
+    }
+    assert {e["kind"] for e in entries} == {"this_paper", "other_method"}
+    assert all(e["verified"] is False and e["source"] for e in entries)
+    assert len({e["id"] for e in entries}) == len(entries)
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, make: str) -> None:
+    target = tmp_path / "nothing"
+    if make == "empty":
+        (target / "sub").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exc:
+        main([str(target), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def _snn_report(*args: str) -> subprocess.CompletedProcess[str]:
+    # A fresh process, as the console script runs: nothing the other tests imported leaks in.
+    cmd = [sys.executable, "-m", "mlfsnn.cli.report", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_help_exits_0() -> None:
+    done = _snn_report("--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: snn-report")
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_console_script_user_error_is_one_line(tmp_path: Path, make: str) -> None:
+    target = tmp_path / "nothing"
+    if make == "empty":
+        target.mkdir()
+    done = _snn_report(str(target), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert done.stdout == ""
+
+
+def test_import_does_not_load_matplotlib() -> None:
+    code = "import sys, mlfsnn.report, mlfsnn.cli.report; assert 'matplotlib' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_real_multirun_gives_one_row_per_k(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "mlfsnn.train", "-m", "+experiment=digits", "dataset.subset=64",
+           "dataset.size=8", "model.depth=8", "model.widths=[4,8,8]", "time_steps=2", "trainer.epochs=1",
+           "trainer.num_workers=0", "trainer.progress=false", "logger.wandb.enabled=false",
+           "neuron.levels=1,2", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    rows = _read_csv(tmp_path / "out" / "report.csv")
+    assert [(r["K"], r["runs"], r["n_runs"], r["n_incomplete"]) for r in rows] == [
+        ("1", "0", "1", "0"),
+        ("2", "1", "1", "0"),
+    ]
+    assert all(r["best_acc_mean"] and r["params"] for r in rows)
+    assert (tmp_path / "out" / "accuracy_curves.png").read_bytes()[:8] == PNG_MAGIC
