@@ -8,7 +8,20 @@ configuration, ``RuntimeError`` for files), so ``except ValueError`` keeps worki
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "ReportError", "UserError"]
+import sys
+
+__all__ = [
+    "EXIT_USER_ERROR",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "ReportError",
+    "UserError",
+    "exit_with",
+    "one_line",
+]
+
+EXIT_USER_ERROR = 2
 
 
 class UserError(Exception):
@@ -29,3 +42,21 @@ class CheckpointError(UserError, RuntimeError):
 
 class ReportError(UserError):
     """Nothing to report on, or report inputs that cannot be read."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of ``exc``'s message (the class name when it has none)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def exit_with(message: str, code: int = EXIT_USER_ERROR) -> None:
+    """Print ``error: message`` on stderr and exit: the one-line contract of every console script.
+
+    Raises ``SystemExit``, which Hydra's error reporting lets through (it catches ``Exception``), so
+    code that runs inside Hydra (callbacks, the task function) can use it too.
+    """
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)

@@ -146,11 +146,40 @@ def test_gesture_cache_hit_never_parses_and_changes_make_new_entries(
     assert len(list((tmp_path / "cache" / "dvs_gesture").iterdir())) == 3  # no temporary leftovers
 
 
-def test_gesture_label_row_outside_the_recording(tmp_path, gesture_root) -> None:
+# rows reaching before the recording's first event (9_999) and after its last (60_000)
+OVERLAP_ROWS = [(2, 9_000, 10_010), (4, 59_000, 75_000)]
+
+
+@pytest.mark.parametrize("origin", ["first_event", "start"])
+def test_gesture_rows_partly_outside_the_recording_are_framed(tmp_path, gesture_root, origin) -> None:
+    csv = gesture_root / "DvsGesture" / "user03_natural_labels.csv"
+    csv.write_text(csv.read_text() + "".join(f"{c},{s},{e}\r\n" for c, s, e in OVERLAP_ROWS))
+    train, _, info = build(tmp_path, f"dataset.root={gesture_root}", f"dataset.origin={origin}")
+    assert len(train) == 14 + 2 and info.extra["skipped_samples"] == 0
+    frames = frames_by_id(info)
+    for line, (_, start, end) in enumerate(OVERLAP_ROWS, 4):  # header + 2 rows come first
+        inside = [e for e in KNOWN if start <= e[2] < end]
+        o = min(e[2] for e in inside) if origin == "first_event" else start
+        want = reference_frames(inside, 4, 1000, 4, 32, o)
+        np.testing.assert_array_equal(frames[f"user03_natural:{line}"].numpy(), want)
+    early, late = frames["user03_natural:4"], frames["user03_natural:5"]
+    if origin == "first_event":  # by hand: origin 9_999 -> (60, 60) and (0, 0) in bin 0; origin 60_000
+        assert early[0, 1, 15, 15] == 1 and early[0, 1, 0, 0] == 1 and early.sum() == 2
+        assert late[0, 0, 0, 0] == 1 and late.sum() == 1
+    else:  # origin 9_000 and 59_000: one bin later for the events 1 ms or more after the row's start
+        assert early[0, 1, 15, 15] == 1 and early[1, 1, 0, 0] == 1 and late[1, 0, 0, 0] == 1
+
+
+@pytest.mark.parametrize("row", ["4,900000,950000", "4,1000,9000"])
+def test_gesture_label_row_without_events(tmp_path, gesture_root, row) -> None:
     csv = gesture_root / "DvsGesture" / "user02_lab_labels.csv"
-    csv.write_text(csv.read_text() + "4,900000,950000\r\n")
-    with pytest.raises(DataError, match=r"user02_lab_labels\.csv line 5: label \[900000, 950000\) us lies "):
+    csv.write_text(csv.read_text() + row + "\r\n")
+    start, end = row.split(",")[1:]
+    with pytest.raises(
+        DataError, match=rf"_labels\.csv line 5: label \[{start}, {end}\) us holds no event "
+    ) as e:
         build(tmp_path, f"dataset.root={gesture_root}")
+    assert str(e.value).startswith(f"{csv} line 5:") and "\n" not in str(e.value)
     train, _, info = build(tmp_path, f"dataset.root={gesture_root}", "dataset.skip_corrupt=true")
     assert info.extra["skipped_samples"] == 1 and len(train) == 14
     assert any("skipped 0 corrupt files and 1 samples" in n for n in info.notes)

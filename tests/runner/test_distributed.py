@@ -78,3 +78,49 @@ def test_global_batch_must_divide_by_processes(tmp_path: Path) -> None:
     # torchrun adds its own report of the failed workers; ours is the one-line error before it.
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: trainer.batch_size=31")]
     assert errors and "divide by the 2 processes" in errors[0]
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.mark.slow
+def test_a_hung_peer_ends_the_job_in_one_line_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "mlfsnn.train",
+        *DDP,
+        "trainer.epochs=200",
+        "trainer.dist_timeout_s=5",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not (run_dir / "checkpoints" / "last.pt").is_file() and time.time() < deadline:
+            time.sleep(0.2)
+        assert (run_dir / "checkpoints" / "last.pt").is_file(), "no checkpoint appeared"
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        rank1 = max(workers)  # started second
+        os.kill(rank1, signal.SIGSTOP)  # hung, not dead: only a timeout can tell
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        for pid in _children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors and "trainer.dist_timeout_s=5" in errors[0], stderr[-3000:]
+    assert "the last checkpoint is kept" in errors[0]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] >= 1

@@ -1,31 +1,20 @@
-"""The error contract every console script shares."""
+"""The error contract every console script shares (see :mod:`mlfsnn.errors`)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..errors import UserError
+from ..errors import EXIT_USER_ERROR, UserError, exit_with, one_line
 
 __all__ = ["EXIT_USER_ERROR", "fail", "one_line", "user_errors_exit"]
 
-EXIT_USER_ERROR = 2
 T = TypeVar("T")
-
-
-def one_line(exc: BaseException) -> str:
-    """The first non-empty line of ``exc``'s message (the class name when it has none)."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
 
 
 def fail(message: str) -> None:
     """Print ``error: message`` on stderr and exit with code 2."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_USER_ERROR)
+    exit_with(message)
 
 
 def user_errors_exit(fn: Callable[[], T]) -> T:
@@ -33,5 +22,5 @@ def user_errors_exit(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except UserError as exc:
-        fail(one_line(exc))
+        exit_with(one_line(exc))
         raise AssertionError("unreachable") from None

@@ -48,16 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point ``snn-eval``."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    def run() -> dict:
-        from ..runner.evaluate import run_eval
+    from ..runner.evaluate import run_eval, write_result
 
+    def run() -> dict:
         ckpt, out, overrides = parse(sys.argv[1:] if argv is None else argv)
-        return run_eval(ckpt, overrides, out)
+        return run_eval(ckpt, overrides, out, write=False)
 
     result = user_errors_exit(run)
     keys = ("checkpoint", "epoch", "time_steps", "test_samples", "test_loss", "test_acc")
-    print(json.dumps({k: result[k] for k in keys}, indent=2))
-    print(f"wrote {result['eval_json']}")
+    # Printed before it is written: a failing write never loses the computed result.
+    print(json.dumps({k: result[k] for k in keys}, indent=2), flush=True)
+    out = user_errors_exit(lambda: write_result(result))
+    print(f"wrote {out}")
     return 0
 
 

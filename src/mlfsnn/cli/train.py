@@ -14,10 +14,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..errors import UserError
+from ..errors import UserError, exit_with
 from ..runner import distributed as dist
+from ..runner.preflight import created_run_dir, register_resolvers
+from ..runner.rundir import remove_created
+from ..runner.schema import check_overrides
 from ..runner.trainer import train
-from ._common import fail, one_line
+from ._common import fail, one_line, user_errors_exit
+
+EXIT_PEER_LOST = 4  # another process of a torchrun job died or hung
 
 log = logging.getLogger("mlfsnn")
 
@@ -31,6 +36,14 @@ def _log_to_files(message: str) -> None:
                 handler.handle(record)
 
 
+def _close_file_logs() -> None:
+    for logger in (log, logging.getLogger()):
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+                logger.removeHandler(handler)
+
+
 def _hydra_entry(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -42,7 +55,14 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
         summary = train(cfg, run_dir)
     except UserError as exc:
         _log_to_files(f"error: {one_line(exc)}")
+        created = created_run_dir()
+        if created is not None and created.resolve() == run_dir.resolve():  # refused: leave nothing
+            _close_file_logs()
+            remove_created(run_dir)
         fail(one_line(exc))
+    except dist.PeerLost as exc:
+        _log_to_files(f"error: {exc}")
+        exit_with(str(exc), EXIT_PEER_LOST)
     if rank0 and summary["status"] == "preempted":
         hint = f"trainer.resume=auto hydra.run.dir={run_dir}"
         print(f"stopped by a signal, checkpoint saved; continue with: {hint}", file=sys.stderr)
@@ -68,7 +88,11 @@ def main() -> None:
     """Console entry point ``snn-train`` (also ``python -m mlfsnn.train``)."""
     import hydra
 
-    sys.argv = [sys.argv[0], *rank_overrides(sys.argv[1:])]
+    args = sys.argv[1:]
+    if not {"-h", "--help", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"} & set(args):
+        user_errors_exit(lambda: check_overrides(args))  # before Hydra: a typo is one line, exit 2
+    register_resolvers()
+    sys.argv = [sys.argv[0], *rank_overrides(args)]
     hydra.main(config_path="pkg://mlfsnn.configs", config_name="train", version_base="1.3")(_hydra_entry)()
 
 

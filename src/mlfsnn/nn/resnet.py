@@ -30,6 +30,7 @@ __all__ = [
     "count_parameters",
     "create_model",
     "spiking_resnet",
+    "training_activation_bytes",
     "valid_depths",
 ]
 
@@ -208,3 +209,21 @@ def create_model(name: str, **overrides: Any) -> SpikingResNet:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def training_activation_bytes(
+    time_steps: int, batch: int, widths: tuple[int, int, int], depth: int, size: int, bytes_per_value: int = 4
+) -> int:
+    """A lower bound on the activations one training step keeps for backward, in bytes.
+
+    Every conv -> tdBN -> MLF unit keeps about three tensors of its output's size (the convolution's
+    output for tdBN, tdBN's output for the neuron, the spikes for the next convolution), for every
+    time step and sample. Used to refuse sizes that cannot fit before anything is built; the true
+    peak is higher (gradients, workspace), never lower.
+    """
+    n = (depth - 2) // 6
+    per_step = widths[0] * size * size  # stem
+    for stage, width in enumerate(widths):
+        side = -(-size // 2**stage)
+        per_step += 2 * n * width * side * side
+    return 3 * per_step * time_steps * batch * bytes_per_value

@@ -36,6 +36,7 @@ class Spec:
 
     build: Callable[..., Any]
     keys: tuple[str, ...]
+    uses_epochs: bool = False  # the object is sized by trainer.epochs (a longer run changes it)
 
 
 def _sgd(params: Any, o: DictConfig, epochs: int) -> torch.optim.Optimizer:
@@ -64,6 +65,7 @@ SCHEDULERS: dict[str, Spec] = {
             opt, T_max=epochs, eta_min=s.eta_min
         ),
         ("eta_min",),
+        uses_epochs=True,
     ),
     "constant": Spec(
         lambda opt, s, epochs: torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0), ()

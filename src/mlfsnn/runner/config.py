@@ -19,8 +19,9 @@ from ..nn._args import ArgError
 from ..nn.neurons import check_neuron_args
 from ..nn.resnet import check_model_args
 from .builders import OPTIMIZERS, SCHEDULERS
+from .schema import check_keys
 
-__all__ = ["ConfigError", "validate"]
+__all__ = ["ConfigError", "check_memory", "validate"]
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -85,6 +86,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate(cfg: DictConfig) -> None:
+    check_keys(cfg)
     _int(cfg, "time_steps", 1)
     _library_args(cfg)
     _table(cfg, "optimizer", OPTIMIZERS)
@@ -157,3 +159,53 @@ def _trainer(cfg: DictConfig) -> None:
     resume = _get(cfg, "trainer.resume")
     if resume is not None and not isinstance(resume, str):
         _fail("trainer.resume", resume, "expected null, auto, a run directory or a checkpoint file")
+    init_from = _get(cfg, "trainer.init_from")
+    if init_from is not None and (not isinstance(init_from, str) or not init_from):
+        _fail("trainer.init_from", init_from, "expected null, a run directory or a checkpoint file")
+    if init_from is not None and resume:
+        raise ConfigError(
+            f"trainer.init_from={init_from!r} and trainer.resume={resume!r} conflict: resume continues a "
+            "run's own trajectory, init_from starts a new schedule from its weights; set one"
+        )
+    if not isinstance(_get(cfg, "trainer.overwrite"), bool):
+        _fail("trainer.overwrite", _get(cfg, "trainer.overwrite"), "expected true or false")
+    _number(cfg, "trainer.dist_timeout_s", 0, strict_low=True)
+
+
+def _available_bytes(device: str) -> tuple[int, str] | None:
+    """Memory a run on ``device`` can use, and what it is; ``None`` when it cannot be told."""
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            return None
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return torch.cuda.get_device_properties(index).total_memory, f"cuda:{index} memory"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available RAM"
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(cfg: DictConfig) -> None:
+    """Refuse a size whose activations alone cannot fit on the device, before anything is built."""
+    from ..nn.resnet import training_activation_bytes
+
+    size = OmegaConf.select(cfg, "dataset.size", default=None) or 32
+    if not isinstance(size, int) or isinstance(size, bool):
+        return
+    need = training_activation_bytes(
+        cfg.time_steps, cfg.trainer.batch_size, tuple(cfg.model.widths), cfg.model.depth, size
+    )
+    have = _available_bytes(str(cfg.trainer.device))
+    if have is not None and need > have[0]:
+        raise ConfigError(
+            f"time_steps={cfg.time_steps} x trainer.batch_size={cfg.trainer.batch_size} cannot fit: one "
+            f"training step keeps at least {need / 2**30:.1f} GiB of activations (model.depth="
+            f"{cfg.model.depth}, widths {list(cfg.model.widths)}, {size}x{size} input) and the "
+            f"{have[1]} is {have[0] / 2**30:.1f} GiB; lower time_steps or trainer.batch_size"
+        )

@@ -9,6 +9,7 @@ thing on one GPU or eight.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from ..nn.tdbn import TdBatchNorm
 
 __all__ = [
+    "PeerLost",
     "all_reduce_sum",
     "broadcast_object",
     "enable_sync_tdbn",
@@ -30,6 +32,10 @@ __all__ = [
     "rank_zero_first",
     "shutdown",
 ]
+
+
+class PeerLost(RuntimeError):
+    """Another process of the job died or hung: the collective timed out or its connection broke."""
 
 
 def env_world_size() -> int:
@@ -44,8 +50,12 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed(device_type: str) -> tuple[int, int, int]:
-    """Join the torchrun process group (nccl on GPU, gloo on CPU); returns (rank, world, local_rank)."""
+def init_distributed(device_type: str, timeout_s: float | None = None) -> tuple[int, int, int]:
+    """Join the torchrun process group (nccl on GPU, gloo on CPU); returns (rank, world, local_rank).
+
+    ``timeout_s`` bounds every collective: a hung peer (stopped, deadlocked) then ends the job instead
+    of leaving the others waiting for the backend's 30-minute default.
+    """
     if (
         "WORLD_SIZE" not in os.environ
         and os.environ.get("SUBMITIT_FOLDER")
@@ -62,7 +72,8 @@ def init_distributed(device_type: str) -> tuple[int, int, int]:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
+        dist.init_process_group(backend=backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 

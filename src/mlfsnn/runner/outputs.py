@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["MetricsLog", "WandbLogger", "add_file_log", "environment", "git_commit", "write_json"]
+from ..errors import UserError
+
+__all__ = [
+    "MetricsLog",
+    "WandbLogger",
+    "add_file_log",
+    "atomic_write",
+    "environment",
+    "git_commit",
+    "os_reason",
+    "remove_stale_temporaries",
+    "write_json",
+]
 
 log = logging.getLogger("mlfsnn")
 
@@ -33,13 +48,106 @@ def _clean(value: Any) -> Any:
     return value
 
 
+# What ``tempfile.mkstemp`` adds between our prefix ``.<name>.`` and suffix: 8 of these characters.
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    # Elsewhere the only way is to set it and set it back: process-wide, so a file another thread
+    # creates in this instant gets mode 0666; acceptable for the rare platforms without /proc.
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def os_reason(exc: OSError, path: Path) -> str:
+    """``strerror`` (e.g. "No space left on device"), plus the file it concerns when that is neither
+    ``path`` nor its temp file (e.g. a parent folder that is a file)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    other = exc.filename is not None and not Path(exc.filename).name.startswith(f".{path.name}.")
+    return f"{reason} ({exc.filename})" if other and Path(exc.filename) != path else reason
+
+
+def atomic_write(
+    path: Path, write: Callable[[BinaryIO], None], before_replace: Callable[[], None] | None = None
+) -> None:
+    """Write ``path`` through ``write(file)``: a temp file in the same folder, fsync, ``os.replace``.
+
+    Readers never see half a file and a crash leaves the previous one intact. The temp file is
+    ``.<name>.<8 random>.tmp`` (see :func:`remove_stale_temporaries`) and removed on any error;
+    ``before_replace`` runs just before the rename (checkpoints rotate the previous file there).
+    Errors propagate as they are (``OSError`` for a full disk); callers turn them into one line.
+    """
+    if path.parent.exists() and not path.parent.is_dir():  # mkdir would say "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            # mkstemp creates 0600 files; outputs should be as readable as any other file written
+            # here (metrics.jsonl gets the umask's mode through open()).
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable: without it a power loss can bring back the old directory entry."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and all of Windows) cannot fsync a directory; the rename still stands
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temp files :func:`atomic_write` leaves in ``folder`` when its writer is killed.
+
+    Only call this while holding the run directory's exclusive lock: then no other writer is at
+    work in it, so every ``.<name>.<random>.tmp`` there belongs to a dead process. Not recursive;
+    returns the files removed.
+    """
+    removed = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if _TEMP_NAME.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + ``os.replace``) so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(_clean(obj), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Write strict JSON atomically; an ``OSError`` (full disk, read-only folder) becomes a
+    one-line :class:`UserError` and leaves any previous file intact."""
+    text = json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"  # allow_nan: a missed NaN fails
+
+    def dump(f: BinaryIO) -> None:
+        f.write(text.encode())
+
+    try:
+        atomic_write(path, dump)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {os_reason(exc, path)}") from None
 
 
 class MetricsLog:
@@ -48,20 +156,24 @@ class MetricsLog:
     def __init__(self, path: Path | None, history: list[dict[str, Any]] | None = None) -> None:
         self.path = path  # None: keep the history in memory only (ranks other than 0)
         self.history: list[dict[str, Any]] = list(history or [])
-        if path is None:
-            return
         # Rewriting drops epochs logged after the checkpoint we resume from (a crash between the two).
-        with open(path, "w") as f:
-            for row in self.history:
-                f.write(json.dumps(_clean(row)) + "\n")
+        self._write("w", self.history)
 
     def append(self, row: dict[str, Any]) -> None:
         self.history.append(row)
+        self._write("a", [row])
+
+    def _write(self, mode: str, rows: list[dict[str, Any]]) -> None:
+        """One strict JSON object a line; an ``OSError`` (full disk) becomes a one-line UserError."""
         if self.path is None:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(_clean(row)) + "\n")
-            f.flush()
+        # Serialised before opening: a value that cannot be written must not truncate the file first.
+        text = "".join(json.dumps(_clean(row), allow_nan=False) + "\n" for row in rows)
+        try:
+            with open(self.path, mode) as f:
+                f.write(text)
+        except OSError as exc:
+            raise UserError(f"cannot write {self.path}: {os_reason(exc, self.path)}") from None
 
 
 def add_file_log(path: Path) -> logging.Handler | None:

@@ -22,6 +22,7 @@ class PreemptionGuard:
         self.signals = signals
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._chain_to: dict[int, Any] = {}  # kept after exit: chain() runs once our handler is gone
 
     @property
     def requested(self) -> bool:
@@ -39,11 +40,16 @@ class PreemptionGuard:
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        self._chain_to = dict(self._previous)
         self._previous.clear()
 
     def chain(self) -> None:
-        """Call the handler that was installed before ours, if it was a Python callable."""
-        previous = self._previous.get(self.signum) if self.signum is not None else None
+        """Call the handler that was installed before ours (e.g. submitit's save-and-requeue).
+
+        Call it after the checkpoint is written; it works inside or after the ``with`` block.
+        """
+        handlers = self._previous or self._chain_to
+        previous = handlers.get(self.signum) if self.signum is not None else None
         if callable(previous):
             previous(self.signum, None)
 

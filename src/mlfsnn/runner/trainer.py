@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import build_datasets
+from ..errors import CheckpointError
 from ..nn import count_parameters
 from . import distributed as dist
 from .builders import build_model, build_optimizer, build_scheduler, training_model
-from .checkpoint import capture_rng, check_resume_compatible, load_resume_state, restore_rng, save_checkpoint
-from .config import validate
+from .checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    quarantine,
+    restore_rng,
+    resume_candidates,
+    save_checkpoint,
+)
+from .config import check_memory, validate
 from .context import Context, format_row, seed_everything
 from .loop import EpochProgress, NonFiniteLoss, epoch_metrics, evaluate, train_one_epoch
-from .outputs import MetricsLog, WandbLogger, add_file_log, environment, write_json
+from .outputs import MetricsLog, WandbLogger, add_file_log, environment, remove_stale_temporaries, write_json
 from .preemption import PreemptionGuard
+from .resume import IncompatibleCheckpoint, check_same_trajectory, load_init_weights
+from .rundir import check_writable_dir, claim_run_dir, release_run_dir
 
 __all__ = ["RunState", "Trainer", "train"]
 
@@ -59,23 +70,41 @@ class Trainer:
     # --- setup ----------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Validate, join the process group, then build data, model, optimizer: all before any work."""
-        validate(self.cfg)
-        self.ctx = ctx = Context.create(self.cfg)
-        ctx.rank, ctx.world_size, local_rank = dist.init_distributed(ctx.device.type)
+        """Validate, claim the run directory, then build data, model, optimizer: all before any work."""
+        cfg = self.cfg
+        validate(cfg)
+        check_memory(cfg)
+        self.ctx = ctx = Context.create(cfg)
+        timeout = cfg.trainer.dist_timeout_s
+        ctx.rank, ctx.world_size, local_rank = dist.init_distributed(ctx.device.type, timeout)
         if ctx.world_size > 1 and ctx.device.type == "cuda":
             ctx.device = torch.device("cuda", local_rank)
         _ = ctx.local_batch_size  # the global batch must split evenly: fail before any work
         self.run_dir = Path(dist.broadcast_object(str(self.run_dir)))
         if ctx.main_rank:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            claim_run_dir(self.run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
+            check_writable_dir(self.ckpt_dir, "the checkpoint folder")
+            removed = remove_stale_temporaries(self.run_dir) + remove_stale_temporaries(self.ckpt_dir)
             add_file_log(self.run_dir / "train.log")
             log.info("run directory: %s", self.run_dir)
+            if removed:
+                log.info("removed %d temporary file(s) of an interrupted write", len(removed))
         else:
             log.setLevel(logging.WARNING)
-        seed_everything(self.cfg.trainer.seed, self.cfg.trainer.deterministic)
+        if ctx.device.type == "cpu" and cfg.trainer.precision == "fp16":
+            warnings.warn(
+                "trainer.precision=fp16 on CPU is emulated and about 20x slower than bf16; use "
+                "trainer.precision=bf16",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
         self._setup_data()
         self._setup_model()
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
 
     def _setup_data(self) -> None:
         with dist.rank_zero_first():  # one process builds an event-frame cache, the rest reuse it
@@ -106,15 +135,42 @@ class Trainer:
     # --- resume -----------------------------------------------------------------------------------
 
     def resume(self) -> None:
-        """Continue from the checkpoint ``trainer.resume`` names, if any."""
-        saved, path = load_resume_state(self.cfg.trainer.resume, self.run_dir, map_location=self.ctx.device)
-        if saved is None:
+        """Continue from ``trainer.resume``'s checkpoint, or start from ``trainer.init_from``'s weights.
+
+        A corrupt or unfit ``last.pt`` falls back to ``last.prev.pt`` and is renamed aside, so the
+        next save cannot rotate it over the good backup.
+        """
+        tr = self.cfg.trainer
+        if tr.init_from:
+            path, epoch = load_init_weights(tr.init_from, self.model, self.ctx.device)
+            log.info("initialised the model from %s (epoch %s); new optimizer and schedule", path, epoch)
             return
-        check_resume_compatible(saved["config"], self.resolved, path)
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
+        candidates = resume_candidates(tr.resume, self.run_dir)
+        for i, path in enumerate(candidates):
+            try:
+                self._load(path)
+                return
+            except IncompatibleCheckpoint:
+                raise
+            except CheckpointError as exc:
+                if i == len(candidates) - 1:
+                    raise
+                # Renamed aside (rank 0 only), so the next save cannot rotate it over the good backup.
+                rename = self.ctx.main_rank and path.name == "last.pt" and path.exists()
+                moved = quarantine(path) if rename else path
+                log.warning("%s; falling back to %s (the bad file is now %s)", exc, candidates[i + 1], moved)
+
+    def _load(self, path: Path) -> None:
+        saved = load_checkpoint(path, map_location=self.ctx.device, require_training_state=True)
+        check_same_trajectory(saved["config"], self.resolved, path)
+        try:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            self.scaler.load_state_dict(saved["scaler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"checkpoint {path} does not fit this run ({reason[:200]})") from None
         st = self.state = RunState(
             epoch=saved["epoch"],
             step=saved["step"],
@@ -146,9 +202,13 @@ class Trainer:
                         break
             except NonFiniteLoss as exc:
                 st.status = "non_finite_loss"
-                log.error(
-                    "%s; stopping. The last good checkpoint is kept in %s", exc, self.run_dir / "checkpoints"
+                last = self.ckpt_dir / "last.pt"
+                kept = (
+                    f"the last good checkpoint is kept: {last}"
+                    if last.is_file()
+                    else "no checkpoint was written yet"
                 )
+                log.error("%s; stopping (%s)", exc, kept)
 
     def _run_epoch(self, epoch: int) -> bool:
         """Train, evaluate, log and checkpoint one epoch; ``False`` when the run should stop."""
@@ -156,7 +216,8 @@ class Trainer:
         seed_everything(tr.seed + epoch, tr.deterministic)
         if st.progress.batches and st.rng is not None:
             restore_rng(st.rng)
-        lr, t_epoch = self.optimizer.param_groups[0]["lr"], time.perf_counter()
+        # A resumed epoch's time includes what it ran before the stop, like its samples/s does.
+        lr, t_epoch = self.optimizer.param_groups[0]["lr"], time.perf_counter() - st.progress.time_s
         loader = ctx.train_loader(self.train_set, epoch, skip_batches=st.progress.batches)
         st.step, stopped = train_one_epoch(
             self.train_model,
@@ -225,7 +286,7 @@ class Trainer:
             "config": self.resolved,
             "num_params": self.num_params,
         }
-        save_checkpoint(state, self.run_dir / "checkpoints" / f"{name}.pt", keep_previous=name == "last")
+        save_checkpoint(state, self.ckpt_dir / f"{name}.pt", keep_previous=name == "last")
 
     # --- finish -----------------------------------------------------------------------------------
 
@@ -241,7 +302,7 @@ class Trainer:
                 "stopped by %s: checkpoint saved to %s; rerun the same command with trainer.resume=auto "
                 "to continue",
                 self.guard.name,
-                self.run_dir / "checkpoints" / "last.pt",
+                self.ckpt_dir / "last.pt",
             )
             self.guard.chain()
         else:
@@ -256,6 +317,8 @@ class Trainer:
                 ),
             )
         dist.shutdown()
+        if self.ctx.main_rank:
+            release_run_dir(self.run_dir)
         return summary
 
     def summary(self) -> dict[str, Any]:
@@ -298,7 +361,17 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trainer = Trainer(cfg, run_dir)
     trainer.setup()
     trainer.resume()
-    trainer.fit()
+    try:
+        trainer.fit()
+    except RuntimeError as exc:
+        if trainer.ctx.world_size <= 1:
+            raise
+        last = trainer.ckpt_dir / "last.pt"
+        kept = f"the last checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written yet"
+        raise dist.PeerLost(
+            f"a peer process failed or stopped answering within trainer.dist_timeout_s="
+            f"{cfg.trainer.dist_timeout_s} s ({str(exc).strip().splitlines()[0][:160]}); {kept}"
+        ) from None
     summary = trainer.finish()
     if summary["status"] == "non_finite_loss":
         raise SystemExit(3)

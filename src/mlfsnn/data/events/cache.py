@@ -4,8 +4,10 @@ An entry lives in ``<cache_dir>/<dataset>/<key>/``, where ``key`` hashes every p
 the frames (source, the input files' names and sizes, split, framing, T, bin, size ...), so a changed
 parameter is a new entry, never stale frames. An entry holds ``{split}_frames.npy`` (``[N, T, 2, H, W]``
 counts in the narrowest unsigned dtype that holds the largest count), ``{split}_labels.npy`` and
-``meta.json`` (parameters, sample ids, statistics). It is built in a temporary sibling folder and
-renamed into place when complete, so a crash or a concurrent build never leaves half an entry.
+``meta.json`` (parameters, sample ids, statistics, and the size and SHA-256 of every data file). It
+is built in a temporary sibling folder and renamed into place when complete, so a crash or a
+concurrent build never leaves half an entry. Opening an entry checks it (:mod:`.integrity`); a
+damaged one is discarded and rebuilt from the source data.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ...errors import DataError
+from ...errors import DataError, UserError
+from .integrity import check_entry, data_files, file_record, first_line, not_dir, writable_dir
 
 __all__ = [
     "CACHE_VERSION",
@@ -42,6 +48,8 @@ __all__ = [
 
 CACHE_VERSION = 1  # bump when readers or framing change what a parameter set produces
 _META = "meta.json"
+CACHE_KEY = "dataset.cache_dir"  # how messages name the cache root (paths.cache_dir by default)
+log = logging.getLogger(__name__)
 
 
 def cache_key(params: dict[str, Any]) -> str:
@@ -50,7 +58,10 @@ def cache_key(params: dict[str, Any]) -> str:
 
 
 def entry_dir(cache_dir: str | Path, dataset: str, params: dict[str, Any]) -> Path:
-    return Path(os.path.expanduser(str(cache_dir))).resolve() / dataset / cache_key(params)
+    """Where the entry for ``params`` lives; a cache root that cannot be a directory is a DataError."""
+    root = Path(os.path.expanduser(str(cache_dir))).resolve()
+    not_dir(root, CACHE_KEY)
+    return root / dataset / cache_key(params)
 
 
 def load_meta(entry: Path) -> dict[str, Any] | None:
@@ -65,25 +76,90 @@ def load_meta(entry: Path) -> dict[str, Any] | None:
 def locked_build(
     entry: Path, build: Callable[[], tuple[Path, dict[str, Any]]]
 ) -> tuple[Path, dict[str, Any]]:
-    """``(entry, meta)`` of a complete entry, calling ``build`` only if no process has built it yet.
+    """``(entry, meta)`` of a complete, intact entry, calling ``build`` only if there is none yet.
 
-    Processes preparing the same entry at once (sweep jobs, SLURM array tasks) take turns on a lock
-    file in the cache's ``.locks`` folder; the ones that waited find the finished entry and read it
-    instead of rebuilding. Leftover temporary folders of killed builds are removed under the lock.
+    The entry is checked without the lock (see :mod:`.integrity`), so concurrent runs open a good
+    entry in parallel. Processes that must build take turns on a lock file in the cache's ``.locks``
+    folder; the ones that waited find the finished entry and read it instead of rebuilding. Under
+    the lock a damaged entry is discarded and leftover temporary folders of killed builds removed.
     """
-    meta = load_meta(entry)
-    if meta is not None:
+    meta, seen, damage = _inspect(entry)
+    if meta is not None and damage is None:
         return entry, meta
+    # a read-only cache still serves complete entries; it only fails here, before any framing
+    try:
+        writable_dir(entry.parent.parent, CACHE_KEY)
+        writable_dir(entry.parent, CACHE_KEY)
+    except DataError as exc:
+        if damage is None:
+            raise
+        raise DataError(f"damaged cache entry {entry}/{damage}, and it cannot be rebuilt: {exc}") from None
+    with _build_lock(entry):
+        if _identity(entry) != seen:  # another process built, rebuilt or discarded it meanwhile
+            meta, seen, damage = _inspect(entry)
+            if meta is not None and damage is None:
+                return entry, meta
+        if seen is not None:
+            damage = damage or f"{_META}: not a complete cache entry"
+            log.warning("damaged cache entry %s/%s; discarding the entry and rebuilding it", entry, damage)
+            _discard(entry)
+        for stale in entry.parent.glob(f".{entry.name}.tmp-*"):
+            _discard(stale)
+        if damage is None:
+            return build()
+        try:
+            return build()
+        except UserError as exc:
+            raise DataError(
+                f"damaged cache entry {entry}/{damage}: the entry was removed, but rebuilding it from "
+                f"the source data failed: {first_line(exc)}; make the source data available and run "
+                "snn-data prepare with the same overrides"
+            ) from None
+
+
+def _identity(entry: Path) -> tuple[int, bytes] | None:
+    """What tells this entry apart from a rebuilt one at the same path (None: there is none)."""
+    try:
+        ino = entry.stat().st_ino
+    except OSError:
+        return None
+    try:
+        return ino, (entry / _META).read_bytes()
+    except OSError:
+        return ino, b""
+
+
+def _inspect(entry: Path) -> tuple[dict[str, Any] | None, tuple[int, bytes] | None, str | None]:
+    """``(meta, identity, damage)``: identity None when nothing is there, damage None when intact."""
+    seen = _identity(entry)
+    if seen is None:
+        return None, None, None
+    meta = load_meta(entry)
+    if meta is None:
+        return None, seen, f"{_META}: unreadable, or not written by this cache version"
+    return meta, seen, check_entry(entry, meta)
+
+
+@contextmanager
+def _build_lock(entry: Path) -> Iterator[None]:
     locks = entry.parent.parent / ".locks"  # beside the dataset folders, so those hold entries only
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / f"{entry.parent.name}-{entry.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        meta = load_meta(entry)
-        if meta is not None:
-            return entry, meta
-        for stale in entry.parent.glob(f".{entry.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        return build()
+        yield
+
+
+def _discard(path: Path) -> None:
+    """Remove an entry or a temporary folder; renamed first so that no one opens it half-deleted
+    (a process still reading it keeps its open files), and a failed removal is retried next build."""
+    if not path.name.startswith("."):
+        aside = path.parent / f".{path.name}.tmp-damaged-{uuid.uuid4().hex[:8]}"
+        os.rename(path, aside)
+        path = aside
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _narrowest(max_count: int) -> np.dtype:
@@ -152,13 +228,17 @@ class CacheWriter:
                 "max_count": self.max_count[split],
                 "ids": self.ids[split],
             }
+        # checked whenever the entry is opened (integrity.check_entry)
+        files = {name: file_record(self.tmp / name) for name in data_files({"splits": splits})}
         meta = {
             "version": CACHE_VERSION,
+            "build": uuid.uuid4().hex,  # tells a rebuilt entry from the one it replaced
             "params": self.params,
             "shape": list(self.shape),
             "dtype": dtype.name,
             "max_count": max_count,
             "splits": splits,
+            "files": files,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **info,
         }

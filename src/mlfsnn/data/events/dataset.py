@@ -241,7 +241,15 @@ class EventDataset:
 
     @property
     def root(self) -> Path:
-        return Path(os.path.expanduser(str(self.cfg.root))).resolve()
+        """``dataset.root``, resolved; a DataError when it is a file (it must be a folder, even one
+        that does not exist yet)."""
+        root = Path(os.path.expanduser(str(self.cfg.root))).resolve()
+        if root.exists() and not root.is_dir():
+            raise DataError(
+                f"dataset.root: {root} is a file, not a directory; set dataset.root to the folder "
+                f"that holds the data (here perhaps {root.parent})"
+            )
+        return root
 
     @property
     def spec(self) -> FrameSpec:

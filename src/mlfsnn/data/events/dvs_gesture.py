@@ -147,22 +147,25 @@ class TrialJob(Job):
         return rows, events
 
     def _frame_rows(self, rows: list[tuple[int, int, int, int]], events: np.ndarray) -> JobResult:
+        """A sample per row: the events with ``start <= t < end``. A row may overlap the recording
+        only partly (the release, tonic and SpikingJelly keep those rows); one without any event is
+        an error naming the labels file and line, or a skipped sample with ``skip_corrupt``."""
         result = JobResult(self.split)
         t = events["t"]
-        first, last = int(t[0]), int(t[-1])
         for lineno, cls, start, end in rows:
             where = f"{self.labels_name} line {lineno}"
-            if start < first or end > last + 1:
+            lo, hi = (int(i) for i in np.searchsorted(t, [start, end]))
+            if lo == hi:
                 problem = (
-                    f"label [{start}, {end}) us lies outside the recording's events [{first}, {last}] us"
+                    f"label [{start}, {end}) us holds no event of the recording "
+                    f"(its events span [{int(t[0])}, {int(t[-1])}] us)"
                 )
             else:
-                lo, hi = np.searchsorted(t, [start, end])
                 try:
                     frames = frame_events(events[lo:hi], self.spec, start)
                     result.samples.append(Sample(f"{self.trial}:{lineno}", cls - 1, frames))
                     continue
-                except NoEventsError as exc:
+                except NoEventsError as exc:  # origin=start: nothing in the first T bins
                     problem = f"empty sample ({exc})"
             if not self.skip_corrupt:
                 return JobResult(self.split, error=CorruptFileError(where, problem))

@@ -1,0 +1,161 @@
+"""Which config keys exist: read from the shipped config groups, so a typo is an error, not a no-op.
+
+Hydra accepts ``+trainer.epoch=3`` (a new key nobody reads) and rejects ``trainer.epoch=3`` with a
+multi-line message. Both are checked here before Hydra composes anything (:func:`check_overrides`),
+and the composed config is checked again (:func:`check_keys`), which also covers experiment files.
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import cache, lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError
+
+__all__ = [
+    "GROUPS",
+    "check_keys",
+    "check_overrides",
+    "group_options",
+    "known_keys",
+    "unknown_key_message",
+]
+
+# Config groups whose options select a sub-config (``dataset=digits``); ``experiment`` and ``variant``
+# are ``@package _global_`` presets that only set keys of the others.
+GROUPS = ("dataset", "model", "neuron", "optimizer", "scheduler", "trainer", "logger", "paths")
+PRESETS = ("experiment", "variant")
+TOP_LEVEL = ("time_steps", "name")
+
+
+def _configs() -> Any:
+    return resources.files("mlfsnn.configs")
+
+
+@cache
+def group_options(group: str) -> tuple[str, ...]:
+    """Option names of a config group (``hydra/launcher`` included), sorted."""
+    folder = _configs().joinpath(*group.split("/"))
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")))
+
+
+def _flat(node: Any, prefix: str) -> set[str]:
+    if isinstance(node, dict) and node:
+        out: set[str] = set()
+        for k, v in node.items():
+            if k != "defaults":
+                out |= _flat(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return {prefix}
+
+
+@lru_cache(maxsize=1)
+def known_keys() -> frozenset[str]:
+    """Every leaf key a composed ``train`` config may hold (``hydra.*`` aside)."""
+    keys = set(TOP_LEVEL)
+    for group in GROUPS:
+        for option in group_options(group):
+            text = _configs().joinpath(group, f"{option}.yaml").read_text()
+            keys |= _flat(yaml.safe_load(text) or {}, group)
+    return frozenset(keys)
+
+
+def _prefixes(keys: frozenset[str]) -> set[str]:
+    out = set()
+    for key in keys:
+        parts = key.split(".")
+        out |= {".".join(parts[:i]) for i in range(1, len(parts))}
+    return out
+
+
+def unknown_key_message(key: str) -> str:
+    """``'<key> is not a config key; did you mean ...?'``."""
+    keys = known_keys()
+    close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    group = key.split(".")[0]
+    if group in GROUPS and not close:
+        siblings = sorted(k.split(".", 1)[1] for k in keys if k.startswith(group + ".") and k.count(".") == 1)
+        hint = f"; {group} has {', '.join(siblings)}"
+    return f"{key} is not a config key{hint}"
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first key of ``cfg`` that no config group defines."""
+    keys, prefixes = known_keys(), _prefixes(known_keys())
+    container = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(container, dict)
+    container.pop("hydra", None)
+    for key in sorted(_flat(container, "")):
+        if key not in keys and key not in prefixes and not any(key.startswith(k + ".") for k in keys):
+            raise ConfigError(unknown_key_message(key))
+
+
+def _check_group(group: str, values: list[str], raw: str) -> None:
+    options = group_options(group)
+    if not options and group not in PRESETS:
+        raise ConfigError(f"{raw}: {group} is not a config group; groups: {', '.join(GROUPS + PRESETS)}")
+    for value in values:
+        if value not in options:
+            close = difflib.get_close_matches(value, options, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(
+                f"{group}={value} is not an option{hint}; {group} options: {', '.join(options)}"
+            )
+
+
+def _check_group_prefix(group: str, raw: str, add: bool, force: bool, seen: set[str]) -> None:
+    """Hydra's rules for selecting a group option, as one line each."""
+    value = raw.lstrip("+")
+    if force:
+        raise ConfigError(f"{raw}: '++' cannot select a config group; write {value}")
+    if group in seen:
+        raise ConfigError(f"{raw}: {group} is chosen twice; choose it once")
+    seen.add(group)
+    if group in PRESETS and not add:
+        raise ConfigError(f"{raw}: {group} presets are added with a '+': write +{value}")
+    if group not in PRESETS and "/" not in group and add:
+        raise ConfigError(f"{raw}: {group} is always part of the config, so drop the '+' ({value})")
+
+
+def check_overrides(args: list[str]) -> None:
+    """Refuse overrides that name an unknown key or group option, before Hydra composes anything."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    keys, prefixes = known_keys(), _prefixes(known_keys())
+    multirun = bool({"-m", "--multirun"} & set(args))
+    seen: set[str] = set()
+    for raw in args:
+        if raw.startswith("-"):
+            continue  # Hydra's own flags (-m, --cfg job, ...)
+        try:
+            override = parser.parse_override(raw)
+        except HydraException as exc:
+            raise ConfigError(f"override {raw!r} cannot be parsed: {str(exc).splitlines()[0]}") from None
+        key = override.key_or_group
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+            continue
+        if override.is_delete():
+            raise ConfigError(f"{raw}: deleting config entries is not supported; set the value instead")
+        if override.is_sweep_override() and not multirun:
+            raise ConfigError(f"{raw} is a sweep (one run per value): add -m to run it")
+        if "/" in key or key in GROUPS + PRESETS:
+            values = (
+                [str(v) for v in override.sweep_string_iterator()] if override.is_sweep_override() else None
+            )
+            _check_group(key, values or [override.get_value_element_as_str()], raw)
+            _check_group_prefix(key, raw, override.is_add(), override.is_force_add(), seen)
+            continue
+        if key not in keys and key not in prefixes:
+            raise ConfigError(unknown_key_message(key))
+        if override.is_add() and key in keys:
+            raise ConfigError(f"{raw}: {key} already exists, so drop the '+' ({raw.lstrip('+')})")
