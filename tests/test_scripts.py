@@ -54,3 +54,22 @@ def test_reproduce_runs_a_sweep_and_its_report(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4  # K in {1, 3} x block in {ds, plain}
     assert (tmp_path / "sweep" / "report" / "report.md").is_file()
+
+
+def test_laptop_reproduction_help(tmp_path: Path) -> None:
+    proc = _script("laptop_reproduction.sh", "--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "depth_digits" in proc.stdout and "ablation_levels_digits" in proc.stdout
+
+
+@pytest.mark.slow
+def test_laptop_reproduction_runs_both_sweeps_and_reports(tmp_path: Path) -> None:
+    tiny = ["dataset.subset=48", "dataset.size=8", "model.widths=[2,4,4]", "time_steps=1", "trainer.epochs=1"]
+    small = ["model.depth=8", "+variant=lif_plain,mlf_ds", "trainer.seed=1"]
+    # the presets' own grids are replaced by a tiny one through extra overrides of every swept key
+    proc = _script("laptop_reproduction.sh", "out", *tiny, *small, "neuron.levels=1,3", "model.block=ds",
+                   cwd=tmp_path, PUBLISH=str(tmp_path / "pub"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for part in ("depth", "levels"):
+        assert (tmp_path / "pub" / part / "report.csv").is_file()
+        assert (tmp_path / "pub" / part / "report.md").is_file()
+    assert "total:" in (tmp_path / "pub" / "wall_time.txt").read_text()

@@ -1,109 +1,31 @@
 """snn-report: grouping, aggregation, paper matching, files written, errors; one real tiny multirun.
 
-The synthetic runs are written by hand in the run-directory contract's layout. report.md and
-report.csv are compared with tests/report/golden/; after an intended change to the report's layout,
-regenerate them with ``MLFSNN_UPDATE_GOLDEN=1 python -m pytest tests/report`` and review the diff.
+The synthetic runs come from :mod:`fakes` (none of them has a validation split; test_report_val.py
+covers those). report.md and report.csv are compared with tests/report/golden/; after an intended
+change to the report's layout, regenerate them with ``MLFSNN_UPDATE_GOLDEN=1 python -m pytest
+tests/report`` and review the diff.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from mlfsnn.cli.report import main
 from mlfsnn.report import load_paper_results
+from report.fakes import PNG_MAGIC, check_golden, config, make_run, read_csv
 
-GOLDEN = Path(__file__).parent / "golden"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOTS = ("accuracy_curves.png", "accuracy_vs_depth.png", "firing_rate.png", "dormant_ratio.png")
-
-
-def config(
-    dataset: str = "digits",
-    levels: int = 3,
-    depth: int = 8,
-    time_steps: int = 2,
-    widths: tuple[int, ...] = (4, 8, 8),
-    seed: int = 1,
-    lr: float = 0.1,
-) -> dict[str, Any]:
-    """A resolved config shaped like snn-train's (summary.json's ``config``)."""
-    return {
-        "dataset": {"name": dataset, "root": f"/data/{dataset}", "subset": None},
-        "model": {"depth": depth, "widths": list(widths), "block": "ds", "shortcut_neuron": True},
-        "neuron": {"levels": levels, "threshold": 0.6, "width": 1.0, "decay": 0.25},
-        "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4},
-        "trainer": {"epochs": 3, "batch_size": 32, "seed": seed, "resume": None, "num_workers": 0},
-        "logger": {"wandb": {"enabled": False, "mode": "offline"}},
-        "paths": {"data_dir": "/somewhere/data"},
-        "time_steps": time_steps,
-        "name": f"{dataset}-ds{depth}-K{levels}-T{time_steps}",
-    }
-
-
-def layer_names(depth: int) -> list[str]:
-    blocks = (depth - 2) // 6
-    return ["sn1"] + [f"layer{s}.{b}.sn{j}" for s in (1, 2, 3) for b in range(blocks) for j in (1, 2)]
-
-
-def make_run(
-    run_dir: Path,
-    cfg: dict[str, Any],
-    accs: list[float | None],
-    complete: bool = True,
-    status: str = "ok",
-    sops: float | None = None,
-    params: int = 1000,
-) -> None:
-    """Write metrics.jsonl (one row per epoch; None = epoch not evaluated), summary.json, .hydra/."""
-    (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / "checkpoints").mkdir()
-    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    (run_dir / ".hydra" / "overrides.yaml").write_text("[]\n")
-    layers = layer_names(cfg["model"]["depth"])
-    rows = []
-    for epoch, acc in enumerate(accs, 1):
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "step": 10 * epoch,
-            "train_loss": 1.0 / epoch,
-            "train_acc": 50.0,
-        }
-        if acc is not None:
-            row.update(test_loss=2.0 / epoch, test_acc=acc)
-            row["firing_rate"] = {n: round(0.05 * (i % 4 + 1) * epoch, 4) for i, n in enumerate(layers)}
-            row["dormant_ratio"] = {n: round(0.1 + 0.02 * i, 4) for i, n in enumerate(layers)}
-            if sops is not None:
-                row.update(sops_per_sample=sops, ann_macs_per_sample=4 * sops)
-        row.update(lr=0.1, epoch_time_s=1.5, train_samples_per_s=100.0)
-        rows.append(row)
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if not complete:
-        return
-    evaluated = [a for a in accs if a is not None]
-    summary = {
-        "status": status,
-        "best_test_acc": max(evaluated),
-        "best_epoch": accs.index(max(evaluated)) + 1,
-        "final_test_acc": evaluated[-1],
-        "num_params": params,
-        "epochs_completed": len(accs),
-        "wall_time_s": 12.3,
-        "firing_rate": rows[-1].get("firing_rate"),
-        "dormant_ratio": rows[-1].get("dormant_ratio"),
-        "world_size": 1,
-        "device": "cpu",
-        "config": cfg,
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+PLOTS = (
+    "accuracy_curves.png",
+    "accuracy_vs_depth.png",
+    "accuracy_vs_levels.png",
+    "firing_rate.png",
+    "dormant_ratio.png",
+)
 
 
 @pytest.fixture
@@ -138,24 +60,11 @@ def runs(tmp_path: Path) -> Path:
     return root
 
 
-def _check_golden(path: Path, name: str) -> None:
-    golden = GOLDEN / name
-    if os.environ.get("MLFSNN_UPDATE_GOLDEN"):
-        golden.parent.mkdir(exist_ok=True)
-        golden.write_text(path.read_text())
-    assert path.read_text() == golden.read_text(), f"{name} differs from {golden} (see module docstring)"
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_report_matches_golden_files(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
     assert main([str(runs), "--out", str(out)]) == 0
-    _check_golden(out / "report.md", "report.md")
-    _check_golden(out / "report.csv", "report.csv")
+    check_golden(out / "report.md", "report.md")
+    check_golden(out / "report.csv", "report.csv")
     printed = capsys.readouterr().out
     assert printed.startswith("| # | dataset | block | K | depth | T | widths | optimizer.lr |")
     assert f"wrote {out / 'report.csv'}" in printed
@@ -164,7 +73,7 @@ def test_report_matches_golden_files(runs: Path, tmp_path: Path, capsys: pytest.
 
 def test_rows_aggregate_seeds_and_match_the_paper(runs: Path, tmp_path: Path) -> None:
     main([str(runs), "--out", str(tmp_path / "out")])
-    rows = _read_csv(tmp_path / "out" / "report.csv")
+    rows = read_csv(tmp_path / "out" / "report.csv")
     key = [(r["dataset"], r["K"], r["depth"], r["optimizer.lr"]) for r in rows]
     assert key == sorted(key, key=lambda k: (k[0], int(k[1]), int(k[2]), float(k[3])))
     paper = [r for r in rows if r["dataset"] == "cifar10" and r["K"] == "3"]
@@ -212,7 +121,7 @@ def test_default_out_is_next_to_the_runs(runs: Path) -> None:
     main([str(runs / "paper")])
     assert (runs / "paper" / "report" / "report.csv").is_file()
     main([str(runs / "paper")])  # the report folder is not mistaken for a run
-    assert len(_read_csv(runs / "paper" / "report" / "report.csv")) == 2
+    assert len(read_csv(runs / "paper" / "report" / "report.csv")) == 2
 
 
 def test_paper_results_are_provenanced_and_unverified() -> None:
@@ -277,14 +186,17 @@ def test_real_multirun_gives_one_row_per_k(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "mlfsnn.train", "-m", "+experiment=digits", "dataset.subset=64",
            "dataset.size=8", "model.depth=8", "model.widths=[4,8,8]", "time_steps=2", "trainer.epochs=1",
            "trainer.num_workers=0", "trainer.progress=false", "logger.wandb.enabled=false",
-           "neuron.levels=1,2", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+           "dataset.val_fraction=0.25", "neuron.levels=1,2", f"hydra.sweep.dir={sweep}"]  # fmt: skip
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
-    rows = _read_csv(tmp_path / "out" / "report.csv")
+    rows = read_csv(tmp_path / "out" / "report.csv")
     assert [(r["K"], r["runs"], r["n_runs"], r["n_incomplete"]) for r in rows] == [
         ("1", "0", "1", "0"),
         ("2", "1", "1", "0"),
     ]
     assert all(r["best_acc_mean"] and r["params"] for r in rows)
+    # the real trainer's validation split reaches the report: the honest column is filled
+    assert all(r["test_at_best_val_mean"] and r["best_val_acc_mean"] for r in rows)
+    assert "test @ best val" in (tmp_path / "out" / "report.md").read_text()
     assert (tmp_path / "out" / "accuracy_curves.png").read_bytes()[:8] == PNG_MAGIC

@@ -15,6 +15,8 @@ PRESETS = {
     "ablation_levels_cifar10_dvs": 6,
     "depth_cifar10": 21,
     "digits_sweep": 4,
+    "depth_digits": 24,
+    "ablation_levels_digits": 16,
 }
 
 
@@ -52,3 +54,20 @@ def test_levels_ablation_covers_k_and_block() -> None:
     cfgs = [compose_cfg(job) for job in expand("ablation_levels_cifar10")]
     combos = {(cfg.neuron.levels, cfg.model.block) for cfg in cfgs}
     assert combos == {(k, b) for k in (1, 2, 3) for b in ("ds", "plain")}
+
+
+def test_laptop_presets_share_one_recipe_with_a_validation_split() -> None:
+    depth = [compose_cfg(job) for job in expand("depth_digits")]
+    levels = [compose_cfg(job) for job in expand("ablation_levels_digits")]
+    variants = {(1, "plain"), (1, "ds"), (3, "plain"), (3, "ds")}
+    assert {(c.neuron.levels, c.model.block) for c in depth} == variants
+    assert {c.model.depth for c in depth} == {8, 20, 32} and {c.trainer.seed for c in depth} == {1, 2}
+    grid = {(k, b) for k in (1, 2, 3, 4) for b in ("ds", "plain")}
+    assert {(c.neuron.levels, c.model.block) for c in levels} == grid
+    recipe = {"dataset": None, "optimizer": None, "scheduler": None, "time_steps": None, "trainer": None}
+    for cfg in depth + levels:  # everything but the swept keys is the same recipe
+        assert cfg.dataset.val_fraction == 0.15 and list(cfg.model.widths) == [8, 16, 32]
+        for key in recipe:
+            value = {k: v for k, v in dict(cfg[key]).items() if k != "seed"} if key == "trainer" else cfg[key]
+            recipe[key] = value if recipe[key] is None else recipe[key]
+            assert value == recipe[key], key

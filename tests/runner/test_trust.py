@@ -418,3 +418,42 @@ def test_json_outputs_are_strict(tmp_path: Path) -> None:
     json.loads((tmp_path / "summary.json").read_text(), parse_constant=refuse)
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=refuse)
+
+
+# --- validation split: honest model selection (issue: laptop reproduction) -------------------------
+
+
+def test_validation_split_drives_best_checkpoint_and_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
+    val = ["dataset.val_fraction=0.25", "scheduler=step", "trainer.epochs=3"]
+    straight = train(compose_cfg([*TINY, *val]), tmp_path / "straight")
+    rows = read_metrics(tmp_path / "straight")
+    assert all("val_acc" in r and "val_loss" in r for r in rows)
+    best = max(rows, key=lambda r: r["val_acc"])  # the first epoch reaching the best val accuracy
+    assert straight["best_val_acc"] == best["val_acc"] and straight["best_val_epoch"] == best["epoch"]
+    assert straight["test_acc_at_best_val"] == best["test_acc"]
+    assert load_checkpoint(tmp_path / "straight" / "checkpoints" / "best.pt")["epoch"] == best["epoch"]
+    # stopped after epoch 1 and resumed: the same metrics and the same selection
+    train(compose_cfg([*TINY, *val, "trainer.max_steps=3"]), tmp_path / "resumed")
+    resumed = train(compose_cfg([*TINY, *val, "trainer.resume=auto"]), tmp_path / "resumed")
+    assert read_metrics(tmp_path / "resumed") == rows
+    for key in ("best_val_acc", "best_val_epoch", "test_acc_at_best_val"):
+        assert resumed[key] == straight[key]
+
+
+def test_sigterm_stops_a_local_sweep_not_just_its_current_point(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [str(BIN / "snn-train"), "-m", *ONE, "trainer.epochs=50", "trainer.seed=1,2,3", "hydra.sweep.dir=s"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not (tmp_path / "s" / "0" / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "the sweep stops here" in stderr
+    assert not (tmp_path / "s" / "1").exists()  # the next point never started
+    assert load_checkpoint(tmp_path / "s" / "0" / "checkpoints" / "last.pt")["in_epoch"] is not None

@@ -71,6 +71,7 @@ def _framing_line(cfg: Any, ds: EventDataset) -> str:
     line = (
         f"frames: {spec.framing} framing, T={spec.time_steps}{timing}, shape {list(spec.shape)}"
         f", origin={spec.origin}"
+        + (f", window_origin={spec.window_origin}" if spec.window_origin != "first_event" else "")
         + (f", divisor={spec.divisor:g}" if spec.divisor else "")
         + (", transposed [p, x, y]" if spec.transpose else "")
     )

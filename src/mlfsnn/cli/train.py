@@ -66,9 +66,24 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     if rank0 and summary["status"] == "preempted":
         hint = f"trainer.resume=auto hydra.run.dir={run_dir}"
         print(f"stopped by a signal, checkpoint saved; continue with: {hint}", file=sys.stderr)
+        if _in_local_sweep():
+            # The basic launcher runs the points one after another in this process: a stop request
+            # is for the whole sweep, not only for the point that happened to be running.
+            print("the sweep stops here; rerun it with trainer.resume=auto to continue", file=sys.stderr)
+            raise SystemExit(0)
     elif rank0:
         print(f"run directory: {run_dir}", file=sys.stderr)
-    return summary.get("best_test_acc")  # the sweep objective
+    # The sweep objective: validation accuracy when there is a split, else the paper's best test.
+    val = summary.get("best_val_acc")
+    return val if val is not None else summary.get("best_test_acc")
+
+
+def _in_local_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN and "BasicLauncher" in str(hc.launcher.get("_target_", ""))
 
 
 def rank_overrides(argv: list[str]) -> list[str]:

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from .info import DataInfo
 
-__all__ = ["DATASETS", "DataError", "DataInfo", "build_datasets", "register"]
+__all__ = ["DATASETS", "DataError", "DataInfo", "build_datasets", "build_splits", "register"]
 
 Builder = Callable[[Any, int], tuple[Dataset, Dataset, DataInfo]]
 DATASETS: dict[str, Builder] = {}
@@ -40,6 +40,22 @@ def build_datasets(cfg: Any, time_steps: int) -> tuple[Dataset, Dataset, DataInf
     if cfg.name not in DATASETS:
         raise DataError(f"dataset.name: unknown dataset {cfg.name!r}; allowed: {', '.join(sorted(DATASETS))}")
     return DATASETS[cfg.name](cfg, time_steps)
+
+
+def build_splits(cfg: Any, time_steps: int) -> tuple[Dataset, Dataset | None, Dataset, DataInfo]:
+    """``(train, val, test, info)``: :func:`build_datasets` plus the ``dataset.val_fraction`` split.
+
+    ``val`` is ``None`` without a split (``val_fraction`` 0, the default).
+    """
+    train, test, info = build_datasets(cfg, time_steps)
+    fraction = cfg.get("val_fraction") or 0
+    if not fraction:
+        return train, None, test, info
+    from .validation import split_validation
+
+    train, val = split_validation(train, float(fraction), int(cfg.get("val_seed") or 0))
+    info.train_samples, info.val_samples = len(train), len(val)
+    return train, val, test, info
 
 
 def _load_builders() -> None:

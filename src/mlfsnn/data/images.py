@@ -57,6 +57,7 @@ def build_cifar10(cfg: Any, time_steps: int) -> tuple[Dataset, Dataset, DataInfo
     # The release flips, then crops: same order, so a seed draws the same augmentation.
     augment = [tv.RandomHorizontalFlip(), tv.RandomCrop(32, padding=4)] if cfg.augment else []
     train = _cifar10_split(root, True, bool(cfg.download), tv.Compose(augment + normalize))
+    train.eval_transform = tv.Compose(normalize)  # a validation split is read without augmentation
     test = _cifar10_split(root, False, False, tv.Compose(normalize))
     train, test = take_subset(train, cfg.subset), take_subset(test, cfg.subset)
     info = DataInfo("cifar10", 10, 3, (32, 32), True, len(train), len(test), source=str(root))

@@ -23,6 +23,7 @@ class DataInfo:
     train_samples: int
     test_samples: int
     source: str = ""
+    val_samples: int = 0  # held out of the training set by dataset.val_fraction
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 

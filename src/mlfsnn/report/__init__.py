@@ -2,8 +2,10 @@
 
 A run directory is any folder holding ``metrics.jsonl`` or ``summary.json`` (the run-directory
 contract). Runs are grouped into configurations and the seeds of one configuration are aggregated:
-mean ± sample standard deviation. A run without ``summary.json`` (crashed, or still training) is
-reported as incomplete from its ``metrics.jsonl`` and ``.hydra/config.yaml``.
+mean ± sample standard deviation. Runs with a validation split also report the test accuracy at
+their best-val epoch (honest model selection) next to the paper's best-test convention. A run
+without ``summary.json`` (crashed, or still training) is reported as incomplete from its
+``metrics.jsonl`` and ``.hydra/config.yaml``.
 
 :mod:`.runs` reads and groups, :mod:`.tables` renders report.md / report.csv, :mod:`.plots` draws the
 PNGs. This package reads run directories only; it imports nothing that trains.

@@ -1,4 +1,8 @@
-"""snn-report's PNG plots: accuracy curves, accuracy against depth, per-layer firing and dormancy.
+"""snn-report's PNG plots: accuracy curves, accuracy against depth and against K (one line per
+variant), per-layer firing rate and dormant ratio (one line per variant).
+
+Depth and K plots show the test accuracy at the best-val epoch when a run has a val split, else the
+paper's best-test convention, and say which on the axis.
 
 Each plot is skipped, with a reason the report prints, when the runs hold no data for it. Figures are
 built with the object-oriented matplotlib API on the Agg canvas, so no display and no pyplot global
@@ -10,20 +14,28 @@ when it draws: reading runs and writing tables never pay for it.
 
 from __future__ import annotations
 
+import math
+import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .runs import Row, accuracy_curve, layer_means
-from .tables import short_labels
+from .runs import DEFINING, Row, accuracy_curve, any_val, canon, layer_stats
+from .tables import format_value, short_labels
 
-__all__ = ["Plot", "make_plots"]
+__all__ = ["Plot", "make_plots", "short_layer", "variant_label"]
 
 # A fixed figure DPI and size keep the files small and their layout the same on every machine.
-_DPI = 100
+_DPI = 110
+_BLOCK_NAMES = {"ds": "DS", "plain": "plain"}
+_COLUMN = {key: col for col, key in DEFINING}
+Point = tuple[Any, float, float | None]  # x (depth or K), mean over seeds, std (None: one seed)
 
 
 @dataclass
@@ -76,90 +88,199 @@ def plot_curves(rows: list[Row], keys: list[str], path: Path) -> str | None:
     return None
 
 
-def plot_depth(rows: list[Row], keys: list[str], path: Path) -> str | None:
-    """Best accuracy against depth, one series per variant that differs in nothing but depth."""
-    variants: dict[tuple, list[Row]] = {}
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _metric(rows: list[Row]) -> tuple[str, str]:
+    """(Run attribute, axis text) of the accuracy the summary plots show: selected on val when a run
+    has a val split, else the paper's best-test convention, named as such because it is optimistic."""
+    if any_val(rows):
+        return "test_at_best_val", "test accuracy at best-val epoch (%)"
+    return "best_acc", "best test accuracy, paper conv. (%)"
+
+
+def variant_label(values: dict[str, Any], extra: list[str], skip: tuple[str, ...] = ()) -> str:
+    """The paper's name for a variant, ``MLF (K=3), DS``, then ``key=value`` for each key of ``extra``."""
+    parts = []
+    levels, block = values.get("neuron.levels"), values.get("model.block")
+    if "neuron.levels" not in skip and levels is not None:
+        parts.append(f"{'LIF' if levels == 1 else 'MLF'} (K={format_value(levels)})")  # K=1 is LIF
+    if "model.block" not in skip and block is not None:
+        parts.append(_BLOCK_NAMES.get(str(block), str(block)))
+    parts += [f"{_COLUMN.get(k, k)}={format_value(values.get(k))}" for k in extra]
+    return ", ".join(parts) or "all runs"
+
+
+def _labels(rows: list[Row], keys: list[str], skip: tuple[str, ...]) -> list[str]:
+    """A variant label per row; beyond K and block it names only the keys that differ between rows."""
+    named = ("neuron.levels", "model.block", *skip)
+    extra = [k for k in keys if k not in named and len({canon(r.values.get(k)) for r in rows}) > 1]
+    return [variant_label(r.values, extra, skip) for r in rows]
+
+
+def _sweep(rows: list[Row], keys: list[str], x_key: str, attr: str) -> list[tuple[Row, list[Point]]]:
+    """Rows grouped by every key but ``x_key``, as (first row, points in x order); only groups in which
+    x takes two or more values, since one point shows no trend."""
+    groups: dict[str, list[Row]] = {}
     for row in rows:
-        variant = tuple(repr(row.values.get(k)) for k in keys if k != "model.depth")
-        variants.setdefault(variant, []).append(row)
+        groups.setdefault(canon([row.values.get(k) for k in keys if k != x_key]), []).append(row)
     series = []
-    for members in variants.values():
-        points = sorted(
-            (row.values["model.depth"], *row.stat("best_acc")[:2])
-            for row in members
-            if isinstance(row.values.get("model.depth"), int) and row.stat("best_acc")[0] is not None
-        )
-        if len({p[0] for p in points}) > 1:
+    for members in groups.values():
+        points = [(r.values.get(x_key), *r.stat(attr)[:2]) for r in members]
+        points = sorted((p for p in points if _number(p[0]) and p[1] is not None), key=lambda p: p[0])
+        if len(points) > 1:  # the group's rows differ in x alone, so their x values are distinct
             series.append((members[0], points))
-    if not series:
-        return "depth does not vary within any block x K variant"
-    labels = short_labels([s[0] for s in series], keys, drop=("model.depth",))
+    return series
+
+
+def _band(ax: Axes, xs: list[Any], points: list[tuple[float, float | None]], **kw: Any) -> None:
+    """Line with markers at the means and a shaded ± std band; no band where every std is None
+    (a single seed has no spread)."""
+    means = [m for m, _ in points]
+    (line,) = ax.plot(xs, means, marker="o", **kw)
+    if any(s is not None for _, s in points):
+        lo = [m - (s or 0.0) for m, s in points]
+        hi = [m + (s or 0.0) for m, s in points]
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def _plot_sweep(
+    series: list[tuple[Row, list[Point]]], labels: list[str], axes: tuple[str, str, str], path: Path
+) -> None:
+    xlabel, ylabel, title = axes
     fig = _figure()
     ax = fig.add_subplot()
-    for i, (first, points) in enumerate(series):
-        label = labels[first.number].split(" ", 1)[-1] if " " in labels[first.number] else "runs"
-        ax.errorbar(
-            [p[0] for p in points],
-            [p[1] for p in points],
-            yerr=[p[2] or 0.0 for p in points],
-            marker="o",
-            capsize=3,
-            linestyle=_style(i),
-            label=label,
-        )
-    depths = sorted({p[0] for _, points in series for p in points})
-    ax.set_xticks(depths)
-    ax.set(xlabel="depth", ylabel="best test accuracy (%)", title="Accuracy against depth (mean ± std)")
+    for i, ((_, points), label) in enumerate(zip(series, labels, strict=True)):
+        _band(ax, [p[0] for p in points], [p[1:] for p in points], ls=_style(i), ms=4, label=label)
+    ticks = sorted({p[0] for _, points in series for p in points})
+    ax.set_xticks(ticks, [format_value(t) for t in ticks])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     _save(fig, ax, path)
+
+
+def plot_depth(rows: list[Row], keys: list[str], path: Path) -> str | None:
+    """Accuracy against depth, one line per variant (all other keys equal), mean ± std over seeds."""
+    attr, ylabel = _metric(rows)
+    series = _sweep(rows, keys, "model.depth", attr)
+    if not series:
+        return "depth does not vary with all other keys equal"
+    labels = _labels([s[0] for s in series], keys, skip=("model.depth",))
+    axes = ("network depth (layers)", ylabel, "Accuracy against depth (mean ± std over seeds)")
+    _plot_sweep(series, labels, axes, path)
     return None
 
 
-def plot_layers(rows: list[Row], keys: list[str], key: str, path: Path) -> str | None:
-    """``key`` (firing_rate or dormant_ratio) per layer at the last evaluated epoch, one line per row."""
-    series = {row.number: layer_means(row, key) for row in rows}
-    series = {n: s for n, s in series.items() if s}
+def plot_levels(rows: list[Row], keys: list[str], path: Path) -> str | None:
+    """Accuracy against K, one line per block type (and any other varying key), mean ± std."""
+    attr, ylabel = _metric(rows)
+    series = _sweep(rows, keys, "neuron.levels", attr)
     if not series:
+        return "K (neuron.levels) does not vary with all other keys equal"
+    labels = _labels([s[0] for s in series], keys, skip=("neuron.levels",))
+    axes = ("K, MLF levels (K=1: LIF)", ylabel, "Accuracy against K (mean ± std over seeds)")
+    _plot_sweep(series, labels, axes, path)
+    return None
+
+
+def short_layer(name: str) -> str:
+    """``sn1`` -> ``stem``, ``layer2.0.sn1`` -> ``2.0.sn1``, ``layer2.0.shortcut.2`` -> ``2.0.sc``."""
+    if name == "sn1":
+        return "stem"
+    name = re.sub(r"^layer(\d+)\.", r"\1.", name)
+    return re.sub(r"\.shortcut(\.\d+)?$", ".sc", name)
+
+
+def _merge_orders(orders: list[list[str]]) -> list[str]:
+    """Every layer once, each list's order kept: DS blocks have shortcut neurons plain ones lack."""
+    merged: list[str] = []
+    for order in orders:
+        at = 0
+        for name in order:
+            if name in merged:
+                at = merged.index(name) + 1
+            else:
+                merged.insert(at, name)
+                at += 1
+    return merged
+
+
+def _layer_depth(rows: list[Row]) -> Any:
+    """The depth to compare layers at: the one most variants have, the deepest on a tie. Layers of
+    different depths do not line up, and dormancy is the deep networks' problem."""
+    counts: dict[str, list[Any]] = {}
+    for row in rows:
+        depth = row.values.get("model.depth")
+        counts.setdefault(canon(depth), [depth, 0])[1] += 1
+    best = max(counts.values(), key=lambda c: (c[1], _number(c[0]), c[0] if _number(c[0]) else 0))
+    return best[0]
+
+
+def plot_layers(rows: list[Row], keys: list[str], key: str, path: Path) -> str | None:
+    """``key`` (firing_rate or dormant_ratio) per layer in network order, one line per variant at one
+    depth: mean ± std over seeds at the last evaluated epoch."""
+    stats = {row.number: layer_stats(row, key) for row in rows}
+    rows = [row for row in rows if stats[row.number]]
+    if not rows:
         return f"no {key} in the runs"
-    labels = short_labels(rows, keys)
-    layer_lists = {tuple(s) for s in series.values()}
-    shared = next(iter(layer_lists)) if len(layer_lists) == 1 else None
-    longest = max(len(s) for s in series.values())
-    fig = _figure(width=max(7.0, 0.25 * longest + 3.0))
+    depth = _layer_depth(rows)
+    rows = [row for row in rows if canon(row.values.get("model.depth")) == canon(depth)]
+    layers = _merge_orders([list(stats[row.number]) for row in rows])
+    fig = _figure(width=min(12.0, max(7.0, 0.15 * len(layers) + 4.0)))
     ax = fig.add_subplot()
-    for i, (number, stats) in enumerate(series.items()):
-        ax.plot(range(len(stats)), list(stats.values()), _style(i), marker="o", ms=3, label=labels[number])
-    if shared is not None:
-        # One architecture: name the layers. Different depths cannot share names, so index them.
-        ax.set_xticks(range(len(shared)), shared, rotation=90, fontsize="x-small")
-        ax.set_xlabel("layer (network order)")
-    else:
-        ax.set_xlabel("layer index (network order)")
-    what = "firing rate (spikes per neuron per step)" if key == "firing_rate" else "dormant ratio"
-    ax.set(ylabel=what, title=f"Per-layer {what.split(' (')[0]}, last evaluated epoch (mean over seeds)")
+    for i, (row, label) in enumerate(zip(rows, _labels(rows, keys, skip=("model.depth",)), strict=True)):
+        named = stats[row.number]
+        xs = [layers.index(name) for name in named]
+        _band(ax, xs, list(named.values()), ls=_style(i), ms=3, label=label)
+    step = math.ceil(len(layers) / 40)  # beyond ~40 names the labels overlap: name every step-th
+    ticks = list(range(0, len(layers), step))
+    ax.set_xticks(ticks, [short_layer(layers[t]) for t in ticks], rotation=90, fontsize="x-small")
+    ax.set_xlabel("layer in network order (stem, then stage.block.neuron; sc = shortcut)")
+    what = "firing rate (spikes per neuron per step)" if key == "firing_rate" else "dormant ratio (fraction)"
+    where = f", depth {format_value(depth)}" if depth is not None else ""
+    ax.set(ylabel=what, title=f"{what.split(' (')[0].capitalize()} per layer{where} (mean ± std over seeds)")
+    ax.set_ylim(bottom=0)
     _save(fig, ax, path)
     return None
 
 
 def make_plots(rows: list[Row], keys: list[str], out: Path) -> list[Plot]:
     """Draw every plot that has data into ``out``; returns what was drawn and what was skipped."""
-    plots = [
-        Plot("accuracy_curves.png", "test accuracy per epoch"),
-        Plot("accuracy_vs_depth.png", "accuracy against depth"),
-        Plot("firing_rate.png", "per-layer firing rate"),
-        Plot("dormant_ratio.png", "per-layer dormant ratio"),
+    what = "test @ best val" if any_val(rows) else "best test, paper conv."
+    plots: list[tuple[Plot, Callable[[Path], str | None]]] = [
+        (Plot("accuracy_curves.png", "test accuracy per epoch"), lambda p: plot_curves(rows, keys, p)),
+        (
+            Plot("accuracy_vs_depth.png", f"accuracy against depth ({what})"),
+            lambda p: plot_depth(rows, keys, p),
+        ),
+        (
+            Plot("accuracy_vs_levels.png", f"accuracy against K ({what})"),
+            lambda p: plot_levels(rows, keys, p),
+        ),
+        (
+            Plot("firing_rate.png", "per-layer firing rate per variant"),
+            lambda p: plot_layers(rows, keys, "firing_rate", p),
+        ),
+        (
+            Plot("dormant_ratio.png", "per-layer dormant ratio per variant"),
+            lambda p: plot_layers(rows, keys, "dormant_ratio", p),
+        ),
     ]
-    draw = {
-        "accuracy_curves.png": lambda p: plot_curves(rows, keys, p),
-        "accuracy_vs_depth.png": lambda p: plot_depth(rows, keys, p),
-        "firing_rate.png": lambda p: plot_layers(rows, keys, "firing_rate", p),
-        "dormant_ratio.png": lambda p: plot_layers(rows, keys, "dormant_ratio", p),
-    }
-    for plot in plots:
+    for plot, draw in plots:
         target = out / plot.name
-        reason = "no runs with a configuration" if not rows else draw[plot.name](target)
+        reason = "no runs with a configuration" if not rows else _draw(draw, target)
         if reason is None:
             plot.path = target
         else:
             plot.reason = reason
             target.unlink(missing_ok=True)  # a stale plot from an earlier report would mislead
-    return plots
+    return [plot for plot, _ in plots]
+
+
+def _draw(draw: Callable[[Path], str | None], target: Path) -> str | None:
+    # Odd data in one run must not cost the tables and the other plots; the reason says what broke.
+    try:
+        return draw(target)
+    except Exception as exc:
+        print(f"warning: {target.name} not drawn ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return f"drawing failed: {type(exc).__name__}"

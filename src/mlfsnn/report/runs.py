@@ -23,11 +23,12 @@ __all__ = [
     "Row",
     "Run",
     "accuracy_curve",
+    "any_val",
     "build_rows",
     "canon",
     "find_run_dirs",
     "label_runs",
-    "layer_means",
+    "layer_stats",
     "load_paper_results",
     "load_run",
     "match_paper",
@@ -109,6 +110,23 @@ class Run:
         evaluated = self._evaluated()
         return self._summary_or("final_test_acc", evaluated[-1]["test_acc"] if evaluated else None)
 
+    def _best_val_row(self) -> dict[str, Any] | None:
+        # The first epoch with the highest val accuracy: the trainer's choice too (it updates on >).
+        return max(
+            (r for r in self.metrics if _finite(r.get("val_acc"))), key=lambda r: r["val_acc"], default=None
+        )
+
+    @property
+    def best_val_acc(self) -> float | None:
+        row = self._best_val_row()
+        return self._summary_or("best_val_acc", row["val_acc"] if row else None)
+
+    @property
+    def test_at_best_val(self) -> float | None:
+        """Test accuracy of the epoch with the best val accuracy: the epoch is chosen without the test set."""
+        row = self._best_val_row()
+        return self._summary_or("test_acc_at_best_val", row.get("test_acc") if row else None)
+
     @property
     def epochs(self) -> int | None:
         epochs = [r["epoch"] for r in self.metrics if isinstance(r.get("epoch"), int)]
@@ -159,8 +177,14 @@ def accuracy_curve(row: Row) -> list[tuple[int, float, float | None]]:
     ]
 
 
-def layer_means(row: Row, key: str) -> dict[str, float]:
-    """Per-layer mean over seeds of ``firing_rate`` / ``dormant_ratio`` at the last evaluated epoch.
+def any_val(rows: list[Row]) -> bool:
+    """Whether any run of ``rows`` had a validation split (and so an honestly selected accuracy)."""
+    return any(run.best_val_acc is not None for row in rows for run in row.runs)
+
+
+def layer_stats(row: Row, key: str) -> dict[str, tuple[float, float | None]]:
+    """Per-layer (mean, std) over seeds of ``firing_rate`` / ``dormant_ratio`` at the last evaluated
+    epoch; NaNs and non-numbers are left out.
 
     Layers keep the order the run logged them in, which is the monitor's network order.
     """
@@ -169,9 +193,13 @@ def layer_means(row: Row, key: str) -> dict[str, float]:
         stats = run.last_value(key)
         if isinstance(stats, dict):
             for layer, value in stats.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    per_layer.setdefault(layer, []).append(float(value))
-    return {layer: statistics.fmean(v) for layer, v in per_layer.items()}
+                per_layer.setdefault(layer, []).append(value)
+    out = {}
+    for layer, values in per_layer.items():
+        mean, std, _ = _stat(values)
+        if mean is not None:
+            out[layer] = (mean, std)
+    return out
 
 
 def _finite(value: Any) -> bool:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from .runs import DEFINING, IGNORED, Row, Run, canon, sort_key, varying_keys
+from .runs import DEFINING, IGNORED, Row, Run, any_val, canon, sort_key, varying_keys
 
 __all__ = ["PlotEntry", "csv_rows", "describe", "format_value", "markdown", "markdown_table", "short_labels"]
 
@@ -56,10 +56,10 @@ def _si(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def _acc_cell(row: Row, attr: str) -> str:
+def _acc_cell(row: Row, attr: str, missing: str = "–") -> str:
     mean, std, n = row.stat(attr)
     if mean is None:
-        return "–"
+        return missing
     cell = f"{mean:.2f} ± {'–' if std is None else f'{std:.2f}'}"
     return cell if n == len(row.runs) else f"{cell} (n={n})"
 
@@ -108,17 +108,31 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+# (Run attribute, Markdown header, CSV column stem). The val columns exist only when some run had a
+# validation split; they come first because they are the honestly selected figures.
+_VAL_COLUMNS = (
+    ("test_at_best_val", "test @ best val (%)", "test_at_best_val"),
+    ("best_val_acc", "best val (%)", "best_val_acc"),
+)
+_TEST_COLUMNS = (
+    ("best_acc", "best test, paper conv. (%)", "best_acc"),
+    ("final_acc", "final test (%)", "final_acc"),
+)
+
+
 def markdown_table(rows: list[Row], keys: list[str]) -> str:
     """The summary table alone: the head of report.md and what snn-report prints."""
     sops = any(row.mean_of("sops_per_sample") is not None for row in rows)
-    header = ["#", *(_HEADER.get(k, k) for k in keys), "params", "best acc (%)", "final acc (%)", "n"]
+    val = _VAL_COLUMNS if any_val(rows) else ()
+    header = ["#", *(_HEADER.get(k, k) for k in keys), "params", *(c[1] for c in val + _TEST_COLUMNS), "n"]
     header += ["SOPs/sample"] * sops + ["epochs", "paper acc (%)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         lo, hi = _epochs(row)
         cells = [str(row.number), *(format_value(row.values[k]) for k in keys)]
-        cells += [" / ".join(f"{p:,}" for p in _params(row)), _acc_cell(row, "best_acc")]
-        cells += [_acc_cell(row, "final_acc"), _count(row)]
+        cells += [" / ".join(f"{p:,}" for p in _params(row))]
+        cells += [_acc_cell(row, attr, missing="") for attr, _, _ in val]  # blank: the run had no split
+        cells += [_acc_cell(row, attr) for attr, _, _ in _TEST_COLUMNS] + [_count(row)]
         cells += [_si(row.mean_of("sops_per_sample"))] * sops
         cells += ["" if lo is None else str(lo) if lo == hi else f"{lo}–{hi}", _paper_cell(row)]
         lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
@@ -128,8 +142,9 @@ def markdown_table(rows: list[Row], keys: list[str]) -> str:
 def csv_rows(rows: list[Row], keys: list[str]) -> list[list[str]]:
     """report.csv, header first: one column per statistic so that a spreadsheet needs no parsing."""
     header = ["row", *(_HEADER.get(k, k) for k in keys), "params", "n_runs", "n_incomplete", "n_failed"]
-    for stat in ("best_acc", "final_acc"):
-        header += [f"{stat}_mean", f"{stat}_std", f"{stat}_n"]
+    stats = _TEST_COLUMNS + (_VAL_COLUMNS if any_val(rows) else ())
+    for _, _, stem in stats:
+        header += [f"{stem}_mean", f"{stem}_std", f"{stem}_n"]
     header += ["sops_per_sample_mean", "ann_macs_per_sample_mean", "epochs_min", "epochs_max"]
     header += ["paper_acc", "paper_verified", "paper_id", "seeds", "runs"]
     out = [header]
@@ -139,7 +154,7 @@ def csv_rows(rows: list[Row], keys: list[str]) -> list[list[str]]:
         line += [_num(params[0]) if len(params) == 1 else " ".join(map(str, params)), str(len(row.runs))]
         line += [str(sum(not r.complete for r in row.runs))]
         line += [str(sum(r.complete and r.status != "ok" for r in row.runs))]
-        for attr in ("best_acc", "final_acc"):
+        for attr, _, _ in stats:
             line += [_num(x) for x in row.stat(attr)]
         line += [_num(row.mean_of("sops_per_sample")), _num(row.mean_of("ann_macs_per_sample"))]
         line += [_num(x) for x in _epochs(row)]
@@ -170,12 +185,7 @@ def markdown(
         "",
         markdown_table(rows, keys),
         "",
-        "Accuracy: top-1 test accuracy in %, mean ± sample standard deviation over the seeds of a "
-        "configuration (– for a single run); best = each run's best evaluated epoch, final = its last "
-        "evaluated epoch. n counts runs; an incomplete run (no summary.json) counts with what its "
-        "metrics.jsonl holds so far. SOPs/sample: synaptic operations per test sample, mean over seeds. "
-        "Paper figures match on dataset, block, K, depth and T; unverified ones are not yet checked "
-        "against the PDF.",
+        *_accuracy_note(any_val(rows)),
         "",
         *_keys_section([r for r in runs if r.config]),
         "",
@@ -190,6 +200,35 @@ def markdown(
         *_plots_section(plots),
     ]
     return "\n".join(out) + "\n"
+
+
+def _accuracy_note(val: bool) -> list[str]:
+    """The paragraph under the table: what each accuracy column means and how it was selected."""
+    note = (
+        "Accuracy: top-1 accuracy in %, mean ± sample standard deviation over the seeds of a configuration "
+        "(std – for a single run; (n=k) when only k of its runs have the figure). "
+        "**best test, paper conv.** = each run's best test accuracy over its evaluated epochs, the "
+        "paper's convention: it selects the epoch on the test set itself, so it is optimistic. "
+        "final test = the last evaluated epoch. "
+    )
+    if val:
+        note += (
+            "**test @ best val** = the test accuracy of the epoch with the best accuracy on the held-out "
+            "validation split (`dataset.val_fraction`): the epoch is selected without the test set, so "
+            "this is the honest figure; best val = that validation accuracy. Both are blank for runs "
+            "without a validation split. "
+        )
+    else:
+        note += (
+            "No run here has a validation split (`dataset.val_fraction` > 0), so no test-independent "
+            "model selection is available. "
+        )
+    note += (
+        "n counts runs; an incomplete run (no summary.json) counts with what its metrics.jsonl holds so "
+        "far. SOPs/sample: synaptic operations per test sample, mean over seeds. Paper figures match on "
+        "dataset, block, K, depth and T; unverified ones are not yet checked against the PDF."
+    )
+    return [note]
 
 
 def _keys_section(usable: list[Run]) -> list[str]:

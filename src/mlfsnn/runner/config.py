@@ -105,6 +105,11 @@ def _validate(cfg: DictConfig) -> None:
             _fail("logger.wandb.mode", mode, "expected online, offline or disabled (or set WANDB_MODE)")
     if _get(cfg, "dataset.subset") is not None:
         _int(cfg, "dataset.subset", 1)
+    if OmegaConf.select(cfg, "dataset.val_fraction", default=None) is not None:
+        fraction = _get(cfg, "dataset.val_fraction")
+        _number(cfg, "dataset.val_fraction", 0, 0.9)
+        if fraction and OmegaConf.select(cfg, "dataset.val_seed", default=0) is not None:
+            _int(cfg, "dataset.val_seed", 0)
 
 
 def _plain(value: Any) -> Any:

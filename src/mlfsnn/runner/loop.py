@@ -120,8 +120,11 @@ def epoch_metrics(progress: EpochProgress, ctx: Context) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, observe: bool = True) -> dict[str, Any]:
-    """Test loss, accuracy (%) and, when ``observe``, per-layer firing rate, dormant ratio and SOPs."""
+def evaluate(
+    model: nn.Module, loader: DataLoader, ctx: Context, observe: bool = True, split: str = "test"
+) -> dict[str, Any]:
+    """``<split>_loss``, ``<split>_acc`` (%) and, when ``observe``, per-layer firing rate, dormant
+    ratio and SOPs."""
     model.eval()
     total_loss = correct = seen = 0.0
     monitor, sops = NeuronMonitor(model, dormant=True), SynapticOps(model)
@@ -138,7 +141,7 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, observe: bool =
             seen += y.shape[0]
     total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], ctx.device)
     seen = max(seen, 1.0)
-    out: dict[str, Any] = {"test_loss": total_loss / seen, "test_acc": 100.0 * correct / seen}
+    out: dict[str, Any] = {f"{split}_loss": total_loss / seen, f"{split}_acc": 100.0 * correct / seen}
     if observe:
         _reduce_observations(monitor, sops, ctx)
         out["firing_rate"] = monitor.firing_rate()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..data import build_datasets
+from ..data import build_splits
 from ..errors import CheckpointError
 from ..nn import count_parameters
 from . import distributed as dist
@@ -56,6 +56,9 @@ class RunState:
     progress: EpochProgress = field(default_factory=EpochProgress)  # the epoch in progress
     rng: dict[str, Any] | None = None  # RNG states of a mid-epoch checkpoint, restored on resume
     wandb_id: str | None = None
+    best_val_acc: float = -1.0  # with a validation split: model selection reads these
+    best_val_epoch: int = 0
+    test_acc_at_best_val: float | None = None
     status: str = "ok"  # ok | preempted | non_finite_loss
     last_eval: dict[str, Any] | None = None
 
@@ -108,13 +111,16 @@ class Trainer:
 
     def _setup_data(self) -> None:
         with dist.rank_zero_first():  # one process builds an event-frame cache, the rest reuse it
-            self.train_set, test_set, self.info = build_datasets(self.cfg.dataset, self.cfg.time_steps)
+            self.train_set, val_set, test_set, self.info = build_splits(self.cfg.dataset, self.cfg.time_steps)
         info = self.info
         self.ctx.static = info.static
         log.info("data: %s (%s), %d train / %d test samples", *_data_line(info))
         for note in info.notes:
             log.info("data note: %s", note)
         self.test_loader = self.ctx.test_loader(test_set)
+        self.val_loader = self.ctx.test_loader(val_set) if val_set is not None else None
+        if val_set is not None:
+            log.info("validation: %d samples held out of the training set", info.val_samples)
 
     def _setup_model(self) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -179,6 +185,9 @@ class Trainer:
             history=saved["history"],
             rng=saved["rng"],
             wandb_id=saved.get("wandb_id"),
+            best_val_acc=saved.get("best_val_acc", -1.0),
+            best_val_epoch=saved.get("best_val_epoch", 0),
+            test_acc_at_best_val=saved.get("test_acc_at_best_val"),
         )
         if saved.get("in_epoch"):  # written mid-epoch: continue that epoch where it stopped
             sums = saved["in_epoch"]  # global sums: rank 0 continues with them, the others from 0
@@ -239,16 +248,13 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch, "step": st.step, **epoch_metrics(st.progress, ctx)}
         st.epoch, st.progress = epoch, EpochProgress()
         if epoch % tr.eval_every == 0 or done:
-            st.last_eval = evaluate(self.model, self.test_loader, ctx)
-            row.update(st.last_eval)
-            if st.last_eval["test_acc"] > st.best_acc:
-                st.best_acc, st.best_epoch = st.last_eval["test_acc"], epoch
-                row["best"] = True
+            self._evaluate(epoch, row)
         row.update(lr=lr, epoch_time_s=time.perf_counter() - t_epoch)
         self.metrics.append(row)
         self.wandb.log(row, step=epoch)
         log.info("epoch %d: %s", epoch, format_row(row))
-        if row.get("best"):
+        # best.pt follows validation accuracy when there is a split (honest selection), else test.
+        if row.get("best_val" if self.val_loader is not None else "best"):
             self.save("best")
         if epoch % tr.checkpoint_every == 0 or done:
             self.save("last")
@@ -260,6 +266,23 @@ class Trainer:
             st.status = "preempted"
             return False
         return True
+
+    def _evaluate(self, epoch: int, row: dict[str, Any]) -> None:
+        """Test (and validation) metrics of ``epoch`` into ``row``; track the best epochs."""
+        st = self.state
+        st.last_eval = evaluate(self.model, self.test_loader, self.ctx)
+        row.update(st.last_eval)
+        if st.last_eval["test_acc"] > st.best_acc:
+            st.best_acc, st.best_epoch = st.last_eval["test_acc"], epoch
+            row["best"] = True
+        if self.val_loader is None:
+            return
+        val = evaluate(self.model, self.val_loader, self.ctx, observe=False, split="val")
+        row.update(val)
+        if val["val_acc"] > st.best_val_acc:
+            st.best_val_acc, st.best_val_epoch = val["val_acc"], epoch
+            st.test_acc_at_best_val = st.last_eval["test_acc"]
+            row["best_val"] = True
 
     def save(self, name: str, in_epoch: bool = False) -> None:
         """Write ``checkpoints/<name>.pt`` (rank 0); ``in_epoch`` also stores the epoch in progress."""
@@ -279,6 +302,9 @@ class Trainer:
             "step": st.step,
             "best_acc": st.best_acc,
             "best_epoch": st.best_epoch,
+            "best_val_acc": st.best_val_acc,
+            "best_val_epoch": st.best_val_epoch,
+            "test_acc_at_best_val": st.test_acc_at_best_val,
             "history": self.metrics.history,
             "in_epoch": asdict(progress) if progress is not None else None,
             "wandb_id": self.wandb.run_id,
@@ -321,6 +347,17 @@ class Trainer:
             release_run_dir(self.run_dir)
         return summary
 
+    def _val_summary(self) -> dict[str, Any]:
+        st = self.state
+        if self.val_loader is None:
+            return {}
+        return {
+            "best_val_acc": st.best_val_acc if st.best_val_acc >= 0 else None,
+            "best_val_epoch": st.best_val_epoch or None,
+            "test_acc_at_best_val": st.test_acc_at_best_val,
+            "val_samples": self.info.val_samples,
+        }
+
     def summary(self) -> dict[str, Any]:
         st, info = self.state, self.info
         final = next((row for row in reversed(self.metrics.history) if "test_acc" in row), {})
@@ -332,6 +369,7 @@ class Trainer:
             "best_epoch": st.best_epoch or None,
             "final_test_acc": final.get("test_acc"),
             "final_test_loss": final.get("test_loss"),
+            **self._val_summary(),
             "num_params": self.num_params,
             "train_samples": info.train_samples,
             "test_samples": info.test_samples,

@@ -37,6 +37,7 @@ __all__ = [
     "class_files",
     "locate_original",
     "natural_key",
+    "recording_start",
     "split_indices",
 ]
 
@@ -159,9 +160,14 @@ class RecordingsJob(Job):
             events = read_aedat2_dvs128(read(), name)
         except CorruptFileError as exc:
             return JobResult.failed(rec.split, exc)
-        # origin=start counts from the recording's timestamp 0 instead of its first event
-        start = 0 if self.spec.origin == "start" else None
-        return self.one_sample(rec.split, rec.sample_id, rec.label, events, start, name)
+        return self.one_sample(rec.split, rec.sample_id, rec.label, events, recording_start(self.spec), name)
+
+
+def recording_start(spec: FrameSpec) -> int | None:
+    """The ``start`` :func:`~.framing.frame_events` gets for a whole recording: its timestamp 0 when
+    the frames count from it (``origin=start``) or the window is cut there (``window_origin=absolute``:
+    events at absolute ``t < T*bin``, as the release keeps them); None: from its first event."""
+    return 0 if spec.origin == "start" or spec.window_origin == "absolute" else None
 
 
 def _original_jobs(
@@ -217,7 +223,7 @@ def _tonic_jobs(ds: Any, cfg: Any, spec: FrameSpec, skip: bool) -> Iterator[Even
     by_class: dict[int, list[int]] = {}
     for i, target in enumerate(ds.targets):
         by_class.setdefault(int(target), []).append(i)
-    start = 0 if spec.origin == "start" else None
+    start = recording_start(spec)
     for label in sorted(by_class):
         idx = sorted(by_class[label], key=lambda i: natural_key(os.path.basename(ds.data[i])))
         train, test = split_indices(len(idx), cfg, label)
@@ -299,6 +305,15 @@ class CIFAR10DVS(EventDataset):
 
     def describe(self, meta: dict[str, Any]) -> tuple[str, list[str]]:
         return describe_source(self.cfg, Path(meta["root"]))
+
+    def timing_note(self, spec: FrameSpec) -> str:
+        note = super().timing_note(spec)
+        if spec.window_origin == "absolute":
+            note += (
+                f", events at absolute t < {spec.time_steps * spec.bin_us / 1000:g} ms binned from the "
+                "first event (the release's window, dataset.window_origin=absolute)"
+            )
+        return note
 
 
 register(CIFAR10DVS.name)(CIFAR10DVS.build_datasets)

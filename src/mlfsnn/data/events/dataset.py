@@ -312,7 +312,9 @@ class EventDataset:
     ) -> tuple[Dataset, Dataset, DataInfo]:
         """Train and test sets of a complete entry, ``dataset.subset`` applied, and their DataInfo."""
         cfg = self.cfg
-        train = take_subset(CachedFrames(entry, "train", transform_from_cfg(cfg, True)), cfg.get("subset"))
+        frames = CachedFrames(entry, "train", transform_from_cfg(cfg, True))
+        frames.eval_transform = transform_from_cfg(cfg, False)  # a validation split is not augmented
+        train = take_subset(frames, cfg.get("subset"))
         test = take_subset(CachedFrames(entry, "test", transform_from_cfg(cfg, False)), cfg.get("subset"))
         size = int(meta["shape"][-1])
         skipped = len(meta.get("skipped_files", [])), len(meta.get("skipped_samples", []))

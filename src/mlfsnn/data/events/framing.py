@@ -5,6 +5,9 @@ Two framings:
 * ``paper``: ``T`` bins of ``bin_us`` from an origin (the first event of the sample, as in the
   release, or the sample's nominal start). Bin ``i`` holds the events with
   ``origin + i*bin_us <= t < origin + (i+1)*bin_us``; later events are not used.
+  ``window_origin="absolute"`` (CIFAR10-DVS's release) also drops every event at or after
+  ``start + T*bin_us``, the window measured from the sample's nominal start (a whole recording's:
+  its timestamp 0) instead of from the first event; the bins still count from the first event.
   tonic's ``ToFrame(time_window, start_time, end_time)`` gives exactly these bins (checked in the
   tests) and is used, with an exactness check on its int16 accumulator.
 * ``uniform``: the whole sample in ``T`` bins, of equal duration (``time``) or equal event count
@@ -32,6 +35,7 @@ __all__ = ["FrameSpec", "NoEventsError", "frame_events", "spec_from_cfg"]
 
 FRAMINGS = ("paper", "uniform")
 ORIGINS = ("first_event", "start")
+WINDOW_ORIGINS = ("first_event", "absolute")
 UNIFORM_SPLITS = ("time", "number")
 
 
@@ -51,6 +55,9 @@ class FrameSpec:
     origin: str = "first_event"
     uniform_split: str = "time"
     transpose: bool = False  # frames indexed [p, x, y] (the release's CIFAR10-DVS layout)
+    # where the T*bin window is measured from: the first event (the bins' origin), or "absolute":
+    # the sample's nominal start (a whole recording's timestamp 0), bins still from the first event
+    window_origin: str = "first_event"
 
     def __post_init__(self) -> None:
         if self.time_steps < 1:
@@ -59,6 +66,16 @@ class FrameSpec:
             raise DataError(f"dataset.framing: {self.framing!r} is not one of {', '.join(FRAMINGS)}")
         if self.origin not in ORIGINS:
             raise DataError(f"dataset.origin: {self.origin!r} is not one of {', '.join(ORIGINS)}")
+        if self.window_origin not in WINDOW_ORIGINS:
+            raise DataError(
+                f"dataset.window_origin: {self.window_origin!r} is not one of {', '.join(WINDOW_ORIGINS)}"
+            )
+        if self.window_origin == "absolute" and (self.framing, self.origin) != ("paper", "first_event"):
+            raise DataError(
+                "dataset.window_origin=absolute (the release's cut at absolute t < T*bin, bins from the "
+                f"first event) needs dataset.framing=paper and dataset.origin=first_event, got "
+                f"framing={self.framing}, origin={self.origin}"
+            )
         if self.uniform_split not in UNIFORM_SPLITS:
             raise DataError(
                 f"dataset.uniform_split: {self.uniform_split!r} is not one of {', '.join(UNIFORM_SPLITS)}"
@@ -82,6 +99,8 @@ class FrameSpec:
 
     def key(self) -> dict[str, Any]:
         d = asdict(self)
+        if self.window_origin == "first_event":
+            d.pop("window_origin")  # the keys of entries made before the option existed stay valid
         if self.framing == "uniform":
             d.pop("bin_us")
         else:
@@ -115,16 +134,17 @@ def _counts(bins: np.ndarray, ev: np.ndarray, spec: FrameSpec) -> np.ndarray:
     return np.bincount(flat, minlength=t * 2 * s * s).reshape(t, 2, s, s)
 
 
-def _paper(ev: np.ndarray, spec: FrameSpec, origin: int) -> np.ndarray:
+def _paper(ev: np.ndarray, spec: FrameSpec, origin: int, end: int) -> np.ndarray:
+    """The events in ``[origin, end)`` in ``T`` bins from ``origin`` (``end`` at most the last bin's end)."""
     from tonic.transforms import ToFrame
 
-    end = origin + spec.time_steps * spec.bin_us
     lo, hi = np.searchsorted(ev["t"], [origin, end])
     ev = _scale(ev[lo:hi], spec)
     if len(ev) == 0:
         raise NoEventsError(f"no events in [{origin}, {end}) us")
+    grid_end = origin + spec.time_steps * spec.bin_us
     to_frame = ToFrame(
-        sensor_size=(spec.size, spec.size, 2), time_window=spec.bin_us, start_time=origin, end_time=end
+        sensor_size=(spec.size, spec.size, 2), time_window=spec.bin_us, start_time=origin, end_time=grid_end
     )
     frames = np.asarray(to_frame(ev)).astype(np.int64)
     # ToFrame accumulates in int16; a cell above 32767 would wrap and change the total.
@@ -150,22 +170,32 @@ def _uniform(ev: np.ndarray, spec: FrameSpec, origin: int) -> np.ndarray:
 def frame_events(events: np.ndarray, spec: FrameSpec, start: int | None = None) -> np.ndarray:
     """Frames ``[T, 2, size, size]`` (int64 counts) of one sample's time-sorted events.
 
-    ``start`` is the sample's nominal start (a label's start time; ``None`` = the first event).
-    Events before ``start`` are ignored. With ``origin=first_event`` time counts from the first
-    event at or after ``start``. Raises :class:`NoEventsError` when nothing falls in the window.
+    ``start`` is the sample's nominal start (a label's start time; ``None`` = the first event, or
+    with ``window_origin=absolute`` the recording's timestamp 0). Events before ``start`` are
+    ignored. With ``origin=first_event`` time counts from the first event at or after ``start``.
+    The paper framing's window ends ``T*bin_us`` after that origin, or with
+    ``window_origin=absolute`` after ``start`` (the release's CIFAR10-DVS cut at absolute
+    ``t < T*bin_us``). Raises :class:`NoEventsError` when nothing falls in the window.
     """
     t = events["t"]
     if start is None:
         if len(t) == 0:
             raise NoEventsError("no events")
-        start = int(t[0])
+        start = 0 if spec.window_origin == "absolute" else int(t[0])
     origin = start
     if spec.origin == "first_event":
         i = int(np.searchsorted(t, start))
         if i == len(t):
             raise NoEventsError(f"no events at or after {start} us")
         origin = int(t[i])
-    frames = _paper(events, spec, origin) if spec.framing == "paper" else _uniform(events, spec, origin)
+    if spec.framing == "paper":
+        span = spec.time_steps * spec.bin_us
+        end = start + span if spec.window_origin == "absolute" else origin + span
+        if end <= origin:
+            raise NoEventsError(f"no events in [{start}, {end}) us: the first is at {origin} us")
+        frames = _paper(events, spec, origin, end)
+    else:
+        frames = _uniform(events, spec, origin)
     if spec.transpose:
         frames = np.ascontiguousarray(frames.swapaxes(-1, -2))
     return frames
@@ -183,4 +213,5 @@ def spec_from_cfg(cfg: Any, time_steps: int) -> FrameSpec:
         origin=str(cfg.get("origin", "first_event")),
         uniform_split=str(cfg.get("uniform_split", "time")),
         transpose=bool(cfg.get("transpose", False)),
+        window_origin=str(cfg.get("window_origin", "first_event")),
     )
