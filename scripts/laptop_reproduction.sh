@@ -14,15 +14,9 @@
 # beside it. Extra arguments after OUT are passed to both sweeps (e.g. trainer.seed=1,2,3).
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bin="${BIN:-$here/.venv/bin}"
-[[ -x "$bin/snn-train" ]] || bin="$(dirname "$(command -v snn-train || echo /nonexistent/x)")"
-if [[ ! -x "$bin/snn-train" ]]; then
-    echo "error: snn-train not found (run 'make install' or set BIN=<folder with snn-train>)" >&2
-    exit 2
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/_find_bin.sh"
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 out="${1:-multirun/laptop/$(date +%Y-%m-%d_%H-%M-%S)}"

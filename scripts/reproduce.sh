@@ -12,13 +12,7 @@
 # Re-running with the same OUT and trainer.resume=auto continues unfinished runs.
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bin="${BIN:-$here/.venv/bin}"
-[[ -x "$bin/snn-train" ]] || bin="$(dirname "$(command -v snn-train || echo /nonexistent/x)")"
-if [[ ! -x "$bin/snn-train" ]]; then
-    echo "error: snn-train not found (run 'make install' or set BIN=<folder with snn-train>)" >&2
-    exit 2
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/_find_bin.sh"
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
     sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     [[ $# -lt 1 ]] && exit 2 || exit 0

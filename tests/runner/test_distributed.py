@@ -21,19 +21,14 @@ def _single(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def _torchrun(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--standalone",
-        "-m",
-        "mlfsnn.train",
-        *DDP,
-        *extra,
-        f"hydra.run.dir={run_dir}",
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=run_dir.parent)
+    return subprocess.run(
+        _torchrun_cmd(run_dir, *extra), capture_output=True, text=True, timeout=300, cwd=run_dir.parent
+    )
+
+
+def _torchrun_cmd(run_dir: Path, *extra: str) -> list[str]:
+    runner = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    return [*runner, "-m", "mlfsnn.train", *DDP, *extra, f"hydra.run.dir={run_dir}"]
 
 
 @pytest.mark.slow
@@ -92,19 +87,7 @@ def test_a_hung_peer_ends_the_job_in_one_line_and_keeps_the_checkpoint(tmp_path:
     import time
 
     run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--standalone",
-        "-m",
-        "mlfsnn.train",
-        *DDP,
-        "trainer.epochs=200",
-        "trainer.dist_timeout_s=5",
-        f"hydra.run.dir={run_dir}",
-    ]
+    cmd = _torchrun_cmd(run_dir, "trainer.epochs=200", "trainer.dist_timeout_s=5")
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 240
