@@ -457,3 +457,10 @@ def test_sigterm_stops_a_local_sweep_not_just_its_current_point(tmp_path: Path) 
     assert "the sweep stops here" in stderr
     assert not (tmp_path / "s" / "1").exists()  # the next point never started
     assert load_checkpoint(tmp_path / "s" / "0" / "checkpoints" / "last.pt")["in_epoch"] is not None
+
+
+def test_hydra_flags_with_values_pass_the_pre_check(tmp_path: Path) -> None:
+    proc = _cli([str(BIN / "snn-train"), "+experiment=digits", "--cfg", "job"], tmp_path)
+    assert proc.returncode == 0 and "name: digits" in proc.stdout, proc.stderr[-1000:]
+    proc = _cli([str(BIN / "snn-train"), "-cn", "train", "+experiment=digits", "dataset.sizee=3"], tmp_path)
+    _one_line_error(proc, "did you mean dataset.size")

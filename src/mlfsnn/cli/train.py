@@ -78,6 +78,23 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     return val if val is not None else summary.get("best_test_acc")
 
 
+def _overrides_of(args: list[str]) -> list[str] | None:
+    """The overrides among Hydra's command-line arguments, parsed as Hydra parses them.
+
+    ``None`` for commands that run nothing (``--help``, ``--info``, shell completion): Hydra answers
+    those itself.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        parsed, _ = get_args_parser().parse_known_args(args)
+    except SystemExit:
+        return None  # argparse has already printed its own one-line usage error
+    if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
+        return None
+    return [*parsed.overrides, *(["-m"] if parsed.multirun else [])]
+
+
 def _in_local_sweep() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -104,8 +121,9 @@ def main() -> None:
     import hydra
 
     args = sys.argv[1:]
-    if not {"-h", "--help", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"} & set(args):
-        user_errors_exit(lambda: check_overrides(args))  # before Hydra: a typo is one line, exit 2
+    overrides = _overrides_of(args)
+    if overrides is not None:
+        user_errors_exit(lambda: check_overrides(overrides))  # before Hydra: a typo is one line, exit 2
     register_resolvers()
     sys.argv = [sys.argv[0], *rank_overrides(args)]
     hydra.main(config_path="pkg://mlfsnn.configs", config_name="train", version_base="1.3")(_hydra_entry)()
