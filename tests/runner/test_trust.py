@@ -63,6 +63,23 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cwd
 
 
+def _sigterm_at_step(monkeypatch: pytest.MonkeyPatch, step: int, sleep_after_first: float = 0.0) -> None:
+    """Send this process SIGTERM right after training step ``step`` (the loop's stop check)."""
+    real = loop_module._agree
+    count = {"n": 0}
+
+    def deliver(ctx, loss, guard):
+        if guard is not None:
+            count["n"] += 1
+            if count["n"] == 1 and sleep_after_first:
+                time.sleep(sleep_after_first)
+            if count["n"] == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(ctx, loss, guard)
+
+    monkeypatch.setattr(loop_module, "_agree", deliver)
+
+
 # --- 1. a directory that holds a run is never overwritten -------------------------------------------
 
 
@@ -150,18 +167,8 @@ def test_previous_sigterm_handler_is_chained_after_the_checkpoint(
     def launcher_handler(signum: int, frame: object) -> None:  # e.g. submitit's save-and-requeue
         calls.append((signum, (tmp_path / "checkpoints" / "last.pt").is_file()))
 
-    real = loop_module._agree
-    count = {"n": 0}
-
-    def deliver(ctx, loss, guard):
-        if guard is not None:
-            count["n"] += 1
-            if count["n"] == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-        return real(ctx, loss, guard)
-
     old = signal.signal(signal.SIGTERM, launcher_handler)
-    monkeypatch.setattr(loop_module, "_agree", deliver)
+    _sigterm_at_step(monkeypatch, 2)
     try:
         summary = train(compose_cfg([*TINY, "trainer.epochs=3"]), tmp_path)
         assert summary["status"] == "preempted"
@@ -389,18 +396,8 @@ def test_fp16_on_cpu_warns_and_suggests_bf16(tmp_path: Path) -> None:
 
 def test_resumed_epoch_time_agrees_with_its_throughput(tmp_path: Path, monkeypatch) -> None:
     real = loop_module._agree
-    count = {"n": 0}
-
-    def deliver(ctx, loss, guard):
-        if guard is not None:
-            count["n"] += 1
-            if count["n"] == 1:
-                time.sleep(0.5)  # training time before the stop must count in the resumed epoch
-            if count["n"] == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-        return real(ctx, loss, guard)
-
-    monkeypatch.setattr(loop_module, "_agree", deliver)
+    # the 0.5 s after step 1 is training time before the stop: it must count in the resumed epoch
+    _sigterm_at_step(monkeypatch, 2, sleep_after_first=0.5)
     _run(tmp_path)
     monkeypatch.setattr(loop_module, "_agree", real)
     _run(tmp_path, "trainer.resume=auto")

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, one_line
 from .builders import SCHEDULERS
 from .checkpoint import load_checkpoint
 
@@ -105,6 +105,6 @@ def load_init_weights(source: str, model: nn.Module, map_location: Any = "cpu") 
     except RuntimeError as exc:
         raise CheckpointError(
             f"trainer.init_from={source!r}: {path} does not fit the configured model "
-            f"({str(exc).splitlines()[0]}...)"
+            f"({one_line(exc)})"
         ) from None
     return path, state.get("epoch")

@@ -11,7 +11,6 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import build_splits
-from ..errors import CheckpointError
+from ..errors import CheckpointError, one_line
 from ..nn import count_parameters
 from . import distributed as dist
 from .builders import build_model, build_optimizer, build_scheduler, training_model
@@ -38,29 +37,11 @@ from .outputs import MetricsLog, WandbLogger, add_file_log, environment, remove_
 from .preemption import PreemptionGuard
 from .resume import IncompatibleCheckpoint, check_same_trajectory, load_init_weights
 from .rundir import check_writable_dir, claim_run_dir, release_run_dir
+from .state import RunState
 
-__all__ = ["RunState", "Trainer", "train"]
+__all__ = ["RunState", "Trainer", "train"]  # RunState (in .state) re-exported for callers
 
 log = logging.getLogger("mlfsnn")
-
-
-@dataclass
-class RunState:
-    """What the loop advances and a checkpoint stores."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
-    best_acc: float = -1.0
-    best_epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
-    progress: EpochProgress = field(default_factory=EpochProgress)  # the epoch in progress
-    rng: dict[str, Any] | None = None  # RNG states of a mid-epoch checkpoint, restored on resume
-    wandb_id: str | None = None
-    best_val_acc: float = -1.0  # with a validation split: model selection reads these
-    best_val_epoch: int = 0
-    test_acc_at_best_val: float | None = None
-    status: str = "ok"  # ok | preempted | non_finite_loss
-    last_eval: dict[str, Any] | None = None
 
 
 class Trainer:
@@ -114,7 +95,10 @@ class Trainer:
             self.train_set, val_set, test_set, self.info = build_splits(self.cfg.dataset, self.cfg.time_steps)
         info = self.info
         self.ctx.static = info.static
-        log.info("data: %s (%s), %d train / %d test samples", *_data_line(info))
+        log.info(
+            "data: %s (%s), %d train / %d test samples",
+            *(info.name, info.source, info.train_samples, info.test_samples),
+        )
         for note in info.notes:
             log.info("data note: %s", note)
         self.test_loader = self.ctx.test_loader(test_set)
@@ -175,23 +159,9 @@ class Trainer:
             self.scheduler.load_state_dict(saved["scheduler"])
             self.scaler.load_state_dict(saved["scaler"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"checkpoint {path} does not fit this run ({reason[:200]})") from None
-        st = self.state = RunState(
-            epoch=saved["epoch"],
-            step=saved["step"],
-            best_acc=saved["best_acc"],
-            best_epoch=saved["best_epoch"],
-            history=saved["history"],
-            rng=saved["rng"],
-            wandb_id=saved.get("wandb_id"),
-            best_val_acc=saved.get("best_val_acc", -1.0),
-            best_val_epoch=saved.get("best_val_epoch", 0),
-            test_acc_at_best_val=saved.get("test_acc_at_best_val"),
-        )
-        if saved.get("in_epoch"):  # written mid-epoch: continue that epoch where it stopped
-            sums = saved["in_epoch"]  # global sums: rank 0 continues with them, the others from 0
-            st.progress = EpochProgress(**sums) if self.ctx.main_rank else EpochProgress(sums["batches"])
+            reason = one_line(exc)[:200]
+            raise CheckpointError(f"checkpoint {path} does not fit this run ({reason})") from None
+        st = self.state = RunState.from_checkpoint(saved, self.ctx.main_rank)
         partial = f" + {st.progress.batches} batches" if st.progress.batches else ""
         log.info("resumed from %s after epoch %d%s (step %d)", path, st.epoch, partial, st.step)
 
@@ -203,6 +173,7 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl" if main else None, st.history)
         wandb_cfg = self.cfg.logger.wandb if main else None
         self.wandb = WandbLogger(wandb_cfg, self.run_dir, self.resolved, self.cfg.name, st.wandb_id)
+        st.wandb_id = self.wandb.run_id  # checkpoints carry it: a resumed run continues this wandb run
         self.t0 = time.perf_counter()
         with PreemptionGuard() as self.guard:
             try:
@@ -298,16 +269,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": st.epoch,
-            "step": st.step,
-            "best_acc": st.best_acc,
-            "best_epoch": st.best_epoch,
-            "best_val_acc": st.best_val_acc,
-            "best_val_epoch": st.best_val_epoch,
-            "test_acc_at_best_val": st.test_acc_at_best_val,
-            "history": self.metrics.history,
-            "in_epoch": asdict(progress) if progress is not None else None,
-            "wandb_id": self.wandb.run_id,
+            **st.checkpoint_fields(self.metrics.history, progress),
             "rng": capture_rng(),
             "config": self.resolved,
             "num_params": self.num_params,
@@ -347,17 +309,6 @@ class Trainer:
             release_run_dir(self.run_dir)
         return summary
 
-    def _val_summary(self) -> dict[str, Any]:
-        st = self.state
-        if self.val_loader is None:
-            return {}
-        return {
-            "best_val_acc": st.best_val_acc if st.best_val_acc >= 0 else None,
-            "best_val_epoch": st.best_val_epoch or None,
-            "test_acc_at_best_val": st.test_acc_at_best_val,
-            "val_samples": self.info.val_samples,
-        }
-
     def summary(self) -> dict[str, Any]:
         st, info = self.state, self.info
         final = next((row for row in reversed(self.metrics.history) if "test_acc" in row), {})
@@ -365,11 +316,9 @@ class Trainer:
         return {
             "name": self.cfg.name,
             "status": st.status,
-            "best_test_acc": st.best_acc if st.best_acc >= 0 else None,
-            "best_epoch": st.best_epoch or None,
+            **st.selection_summary(info.val_samples if self.val_loader is not None else None),
             "final_test_acc": final.get("test_acc"),
             "final_test_loss": final.get("test_loss"),
-            **self._val_summary(),
             "num_params": self.num_params,
             "train_samples": info.train_samples,
             "test_samples": info.test_samples,
@@ -385,10 +334,6 @@ class Trainer:
             **environment(self.ctx.device),
             "config": self.resolved,
         }
-
-
-def _data_line(info: Any) -> tuple[str, str, int, int]:
-    return info.name, info.source, info.train_samples, info.test_samples
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
