@@ -104,7 +104,6 @@ def load_init_weights(source: str, model: nn.Module, map_location: Any = "cpu") 
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise CheckpointError(
-            f"trainer.init_from={source!r}: {path} does not fit the configured model "
-            f"({one_line(exc)})"
+            f"trainer.init_from={source!r}: {path} does not fit the configured model ({one_line(exc)})"
         ) from None
     return path, state.get("epoch")
