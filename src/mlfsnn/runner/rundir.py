@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -152,7 +153,5 @@ def remove_created(run_dir: Path) -> None:
     """Remove a run directory this process created for a command that was then refused."""
     if holds_run(run_dir):
         return  # never: a run's files are not ours to delete
-    import shutil
-
     release_run_dir(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
