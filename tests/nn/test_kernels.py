@@ -106,7 +106,7 @@ def test_no_grad_and_requires_grad_false_save_nothing() -> None:
 def test_saves_only_the_input() -> None:
     out = mlf(torch.randn(5, 3, 4).requires_grad_(), backend="fused")
     node, seen = out.grad_fn, []
-    while node is not None and "FusedMLF" not in type(node).__name__:
+    while node is not None and "mlfsnn_mlf_forward" not in type(node).__name__:
         seen.append(type(node).__name__)
         node = node.next_functions[0][0]
     assert node is not None, seen

@@ -3,6 +3,9 @@
 * CPU: a C/OpenMP kernel compiled at first use (:mod:`mlfsnn.kernels.cpu`).
 * CUDA: a Triton kernel (:mod:`mlfsnn.kernels.triton_mlf`).
 
+Both are registered as ``torch.library`` custom ops (:mod:`mlfsnn.kernels.ops`), so
+``torch.compile(model, fullgraph=True)`` traces through the neurons without a graph break.
+
 Both save only the fp32 input for backward and recompute the potentials there, so a layer's saved
 activations are one fp32 tensor whatever K is (the naive reference keeps several per level and step).
 The backward is the BPTT derivation documented on ``mlfsnn.neurons._MLFFunction``.
@@ -14,15 +17,21 @@ device); the caller then falls back to the vectorised PyTorch path. The reason i
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from .cpu import KernelUnavailable, cpu_kernel_info, load_cpu_kernel, mlf_backward_cpu, mlf_forward_cpu
+from .cpu import KernelUnavailable, cpu_kernel_info, load_cpu_kernel
+from .ops import mlf_backward_op, mlf_forward_op
 
-__all__ = ["KernelUnavailable", "cpu_kernel_info", "fused_mlf", "fused_unavailable_reason"]
+__all__ = [
+    "KernelUnavailable",
+    "cpu_kernel_info",
+    "fused_mlf",
+    "fused_unavailable_reason",
+    "mlf_backward_op",
+    "mlf_forward_op",
+]
 
 _WARNED: set[str] = set()
 
@@ -54,41 +63,11 @@ def _warn_once(device: torch.device, reason: str) -> None:
     )
 
 
-def _forward(x: Tensor, ths: list[float], decay: float) -> Tensor:
-    if x.is_cuda:
-        from .triton_mlf import mlf_forward_cuda
-
-        return mlf_forward_cuda(x, ths, decay)
-    return mlf_forward_cpu(x, ths, decay)
+@torch.compiler.assume_constant_result  # decided once per device type, outside any compiled graph
+def _unavailable(device_type: str) -> str | None:
+    return fused_unavailable_reason(torch.device(device_type))
 
 
-class _FusedMLF(torch.autograd.Function):
-    """``[T, N]`` fp32 contiguous input -> spike counts; backward recomputes the potentials."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: Tensor, ths: list[float], width: float, decay: float, detach_reset: bool
-    ) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.ths, ctx.width, ctx.decay, ctx.detach_reset = ths, width, decay, detach_reset
-        return _forward(x, ths, decay)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        (x,) = ctx.saved_tensors
-        grad = grad.float().contiguous()
-        args = (ctx.ths, ctx.width, ctx.decay, ctx.detach_reset)
-        if x.is_cuda:
-            from .triton_mlf import mlf_backward_cuda
-
-            grad_x = mlf_backward_cuda(x, grad, *args)
-        else:
-            grad_x = mlf_backward_cpu(x, grad, *args)
-        return grad_x, None, None, None, None
-
-
-@torch.compiler.disable  # an opaque kernel for torch.compile: one clean graph break, no tracing of the loader
 def fused_mlf(
     x: Tensor,
     thresholds: list[float],
@@ -101,7 +80,7 @@ def fused_mlf(
 
     Potentials are fp32 whatever ``x.dtype``; the counts come back in ``x.dtype``.
     """
-    reason = fused_unavailable_reason(x.device)
+    reason = _unavailable(x.device.type)
     if reason is not None:
         if warn:
             _warn_once(x.device, reason)
@@ -111,8 +90,6 @@ def fused_mlf(
     shape, dtype = x.shape, x.dtype
     flat = x.reshape(shape[0], -1).to(torch.float32).contiguous()
     ths = [float(t) for t in thresholds]
-    if torch.is_grad_enabled() and x.requires_grad:
-        out = _FusedMLF.apply(flat, ths, float(width), float(decay), bool(detach_reset))
-    else:
-        out = _forward(flat.detach(), ths, float(decay))  # nothing saved: inference keeps no activations
+    # The custom op saves its input for backward only when autograd needs it: inference keeps nothing.
+    out = mlf_forward_op(flat, ths, float(width), float(decay), bool(detach_reset))
     return out.reshape(shape).to(dtype)
