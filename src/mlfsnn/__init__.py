@@ -16,9 +16,11 @@ from .nn import (
     convert_release_state_dict,
     count_parameters,
     create_model,
+    from_nir,
     mlf,
     mlf_reference,
     spiking_resnet,
+    to_nir,
 )
 
 __version__ = "0.1.0"
@@ -38,7 +40,9 @@ __all__ = [
     "convert_release_state_dict",
     "count_parameters",
     "create_model",
+    "from_nir",
     "mlf",
     "mlf_reference",
     "spiking_resnet",
+    "to_nir",
 ]

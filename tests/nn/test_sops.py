@@ -46,12 +46,13 @@ def test_no_spikes_no_sops_and_hooks_removed() -> None:
     assert not model.conv2._forward_hooks and not model._forward_pre_hooks
 
 
-def test_network_sops_exclude_the_real_valued_stem() -> None:
+def test_network_sops_exclude_the_real_valued_stem_and_classifier() -> None:
     model = mlfsnn.spiking_resnet(depth=8, widths=(4, 8, 8), in_channels=1, num_classes=10).eval()
     with SynapticOps(model) as sops:
         model(torch.randn(2, 3, 1, 8, 8) * 3)
     layers = sops.per_layer()
-    assert "conv1" not in layers and "layer1.0.conv1" in layers and "fc" in layers
+    # The classifier reads average-pooled spike counts (real values): MACs, like the stem.
+    assert "conv1" not in layers and "layer1.0.conv1" in layers and "fc" not in layers
     assert sops.sops_per_sample() > 0
     # The stem still counts in the ANN's MACs: 4 filters x 64 positions x 9 taps.
     assert sops.macs["conv1"] == 4 * 64 * 9

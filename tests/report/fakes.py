@@ -69,11 +69,13 @@ def make_run(
     params: int = 1000,
     val_accs: list[float] | None = None,
     dormant: float = 0.1,
+    energy_ratio: float | None = None,
 ) -> None:
     """Write metrics.jsonl (one row per epoch; None = epoch not evaluated), summary.json, .hydra/.
 
     ``val_accs`` (one per evaluated epoch) adds the validation split's keys, as snn-train does when
-    ``dataset.val_fraction`` > 0; ``dormant`` is the first layer's dormant ratio (later ones grow).
+    ``dataset.val_fraction`` > 0; ``dormant`` is the first layer's dormant ratio (later ones grow);
+    ``energy_ratio`` adds the energy keys of every evaluation (ANN energy = ratio x SNN energy).
     """
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / "checkpoints").mkdir()
@@ -97,6 +99,12 @@ def make_run(
             row["dormant_ratio"] = {n: round(dormant + 0.02 * i, 4) for i, n in enumerate(layers)}
             if sops is not None:
                 row.update(sops_per_sample=sops, ann_macs_per_sample=4 * sops)
+            if energy_ratio is not None:
+                row.update(
+                    energy_pj_per_sample=1e6,
+                    ann_energy_pj_per_sample=energy_ratio * 1e6,
+                    energy_ratio=energy_ratio,
+                )
         row.update(lr=0.1, epoch_time_s=1.5, train_samples_per_s=100.0)
         rows.append(row)
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -113,6 +121,7 @@ def make_run(
         "wall_time_s": 12.3,
         "firing_rate": rows[-1].get("firing_rate"),
         "dormant_ratio": rows[-1].get("dormant_ratio"),
+        "energy_ratio": rows[-1].get("energy_ratio"),
         "world_size": 1,
         "device": "cpu",
         "config": cfg,

@@ -97,6 +97,8 @@ def test_command_line_beats_the_experiment() -> None:
         ("trainer.precision=fp8", "trainer.precision"),
         ("trainer.max_steps=0", "trainer.max_steps"),
         ("trainer.grad_clip=-1", "trainer.grad_clip"),
+        ("trainer.sync_every=0", "trainer.sync_every"),
+        ("trainer.sync_every=sometimes", "trainer.sync_every"),
         ("scheduler.step_size=0", "scheduler.step_size"),
         ("dataset.subset=0", "dataset.subset"),
     ],

@@ -33,25 +33,29 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+@pytest.mark.parametrize("sync_every", [1, 2])
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(
-    tmp_path: Path, straight: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, straight: Path, monkeypatch: pytest.MonkeyPatch, sync_every: int
 ) -> None:
-    real = loop_module._agree
-    calls = {"n": 0}
+    """The stop flag is read at each flush (every ``trainer.sync_every`` steps): the checkpoint holds
+    exactly the steps flushed so far, and the resumed run continues the same trajectory."""
+    real = loop_module._flush
+    sent = []
 
-    def deliver_sigterm(ctx, loss, guard):
-        if guard is not None:
-            calls["n"] += 1
-            if calls["n"] == 5:  # after epoch 2's second step
-                os.kill(os.getpid(), signal.SIGTERM)
-        return real(ctx, loss, guard)
+    def deliver_sigterm(pending, progress, ctx, epoch, step, guard):
+        if guard is not None and step >= 4 and not sent:  # the first flush of epoch 2
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(pending, progress, ctx, epoch, step, guard)
 
-    monkeypatch.setattr(loop_module, "_agree", deliver_sigterm)
-    summary = _run(tmp_path)
+    monkeypatch.setattr(loop_module, "_flush", deliver_sigterm)
+    summary = _run(tmp_path, f"trainer.sync_every={sync_every}")
+    stopped_at = 4 if sync_every == 1 else 5  # epoch 2's first flush: after 1 step, or after 2
     assert summary["status"] == "preempted" and summary["epochs_completed"] == 1
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert state["epoch"] == 1 and state["in_epoch"]["batches"] == 2 and state["step"] == 5
-    monkeypatch.setattr(loop_module, "_agree", real)
+    assert state["epoch"] == 1 and state["step"] == stopped_at
+    assert state["in_epoch"]["batches"] == stopped_at - 3
+    monkeypatch.setattr(loop_module, "_flush", real)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
     _run(tmp_path, "trainer.resume=auto")
     assert read_metrics(tmp_path) == read_metrics(straight)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mlfsnn.runner.loop as loop_module
 from mlfsnn.errors import ConfigError
 from mlfsnn.runner.checkpoint import CheckpointError, load_checkpoint
 from mlfsnn.runner.evaluate import run_eval
@@ -103,6 +104,24 @@ def test_deterministic_runs_write_identical_metrics(tmp_path: Path) -> None:
     _run(tmp_path / "a", "trainer.deterministic=true")
     _run(tmp_path / "b", "trainer.deterministic=true")
     assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+
+
+def test_sync_interval_changes_no_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the sums every 3 steps instead of every step: the same metrics, a third of the reads."""
+    flushes = {"n": 0}
+    real = loop_module._flush
+
+    def counted(*args):
+        flushes["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(loop_module, "_flush", counted)
+    _run(tmp_path / "a", "trainer.deterministic=true")
+    every_step = flushes["n"]
+    flushes["n"] = 0
+    _run(tmp_path / "b", "trainer.deterministic=true", "trainer.sync_every=3")
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+    assert flushes["n"] < every_step / 2
 
 
 def test_seed_changes_the_run(tmp_path: Path) -> None:

@@ -2,10 +2,14 @@
 
     snn-eval checkpoint=outputs/.../checkpoints/best.pt
     snn-eval checkpoint=RUN_DIR time_steps=8 trainer.device=cpu out=eval.json
+    snn-eval checkpoint=RUN_DIR plots=true
 
 The model is rebuilt from the config stored in the checkpoint; ``key=value`` overrides apply to
 that config (e.g. another T, data root or batch size). Results go to stdout and ``eval.json``
-(beside the run directory's summary by default, or ``out=PATH``).
+(beside the run directory's summary by default, or ``out=PATH``). ``plots=true`` also draws, beside
+eval.json, a spike raster of test sample 0 and the firing rate per time step of every MLF layer
+(``<eval stem>_spike_raster.png``, ``<eval stem>_firing_rate_per_step.png``), listed under
+``plots`` in eval.json.
 """
 
 from __future__ import annotations
@@ -18,14 +22,16 @@ from pathlib import Path
 from ..errors import ConfigError
 from ._common import user_errors_exit
 
-USAGE = "usage: snn-eval checkpoint=<file or run dir> [key=value ...] [out=<eval.json path>]"
+USAGE = (
+    "usage: snn-eval checkpoint=<file or run dir> [key=value ...] [out=<eval.json path>] [plots=true|false]"
+)
 
 
-def parse(argv: list[str]) -> tuple[Path, Path | None, list[str]]:
-    """``(checkpoint, out, overrides)`` from ``key=value`` arguments; ``--help`` prints and exits 0."""
+def parse(argv: list[str]) -> tuple[Path, Path | None, list[str], bool]:
+    """``(checkpoint, out, overrides, plots)`` from ``key=value`` arguments; ``--help`` prints and exits 0."""
     from ..runner.evaluate import resolve_checkpoint
 
-    ckpt, out, overrides = None, None, []
+    ckpt, out, overrides, plots = None, None, [], False
     for arg in argv:
         if arg in ("-h", "--help"):
             print(USAGE + "\n\n" + (__doc__ or ""))
@@ -37,11 +43,15 @@ def parse(argv: list[str]) -> tuple[Path, Path | None, list[str]]:
             ckpt = Path(value).expanduser()
         elif key == "out":
             out = Path(value).expanduser()
+        elif key == "plots":
+            if value.lower() not in ("true", "false"):
+                raise ConfigError(f"plots={value!r} is invalid: expected true or false")
+            plots = value.lower() == "true"
         else:
             overrides.append(arg)
     if ckpt is None:
         raise ConfigError(f"checkpoint is required; {USAGE}")
-    return resolve_checkpoint(ckpt), out, overrides
+    return resolve_checkpoint(ckpt), out, overrides, plots
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,16 +61,38 @@ def main(argv: list[str] | None = None) -> int:
     from ..runner.evaluate import run_eval, write_result
 
     def run() -> dict:
-        ckpt, out, overrides = parse(sys.argv[1:] if argv is None else argv)
-        return run_eval(ckpt, overrides, out, write=False)
+        ckpt, out, overrides, plots = parse(sys.argv[1:] if argv is None else argv)
+        return run_eval(ckpt, overrides, out, write=False, plots=plots)
 
     result = user_errors_exit(run)
-    keys = ("checkpoint", "epoch", "time_steps", "test_samples", "test_loss", "test_acc")
+    keys = ("checkpoint", "epoch", "time_steps", "test_samples", "test_loss", "test_acc", "energy_ratio")
     # Printed before it is written: a failing write never loses the computed result.
     print(json.dumps({k: result[k] for k in keys}, indent=2), flush=True)
+    if "spikes" in result:
+        result["plots"] = [str(p) for p in user_errors_exit(lambda: draw_spikes(result))]
     out = user_errors_exit(lambda: write_result(result))
-    print(f"wrote {out}")
+    for path in [*result.get("plots", []), out]:
+        print(f"wrote {path}")
     return 0
+
+
+def draw_spikes(result: dict) -> list[Path]:
+    """Draw ``result["spikes"]`` (recorded by ``run_eval(plots=True)``) beside the result's eval.json."""
+    from ..report.spikes import write_spike_plots  # matplotlib loads only when plots are asked for
+
+    spikes, out = result.pop("spikes"), Path(result["eval_json"])
+    try:
+        return write_spike_plots(
+            spikes["rasters"],
+            spikes["rates"],
+            spikes["levels"],
+            out.parent,
+            stem=out.stem,
+            sample=spikes["sample"],
+            samples=spikes["samples"],
+        )
+    except OSError as exc:
+        raise ConfigError(f"plots=true: cannot write the plots beside {out}: {exc.strerror or exc}") from None
 
 
 if __name__ == "__main__":

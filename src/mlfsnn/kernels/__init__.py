@@ -22,12 +22,14 @@ import torch
 from torch import Tensor
 
 from .cpu import KernelUnavailable, cpu_kernel_info, load_cpu_kernel
-from .ops import mlf_backward_op, mlf_forward_op
+from .ops import mlf_backward_op, mlf_forward_op, tdbn_mlf_forward_op
 
 __all__ = [
     "KernelUnavailable",
     "cpu_kernel_info",
     "fused_mlf",
+    "fused_tdbn_mlf",
+    "fused_tdbn_unavailable_reason",
     "fused_unavailable_reason",
     "mlf_backward_op",
     "mlf_forward_op",
@@ -93,3 +95,54 @@ def fused_mlf(
     # The custom op saves its input for backward only when autograd needs it: inference keeps nothing.
     out = mlf_forward_op(flat, ths, float(width), float(decay), bool(detach_reset))
     return out.reshape(shape).to(dtype)
+
+
+def fused_tdbn_unavailable_reason(x: Tensor) -> str | None:
+    """``None`` when :func:`fused_tdbn_mlf` can run on ``x``, else why not (then: tdBN, then MLF)."""
+    if x.device.type != "cpu":
+        return f"tdBN is fused into the CPU kernel only, not on {x.device.type}"
+    if x.dtype != torch.float32:
+        return f"tdBN is fused for fp32 input only, got {x.dtype}"  # autocast rounds tdBN's output first
+    if x.dim() < 3 or x.numel() == 0:
+        return f"expected a non-empty [T, B, C, ...] input, got shape {tuple(x.shape)}"
+    return _unavailable("cpu")
+
+
+def fused_tdbn_mlf(
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    scale: float,
+    eps: float,
+    batch_stats: bool,
+    thresholds: list[float],
+    width: float,
+    decay: float,
+    detach_reset: bool,
+) -> Tensor:
+    """Spike counts of MLF(tdBN(x)) for ``x: [T, B, C, ...]`` (check :func:`fused_tdbn_unavailable_reason`).
+
+    ``mean``/``var``: the ``[C]`` statistics tdBN normalises with (``batch_stats``: this batch's, so
+    the backward also runs through them); ``scale``: tdBN's alpha * threshold.
+    """
+    flat = x.contiguous().reshape(x.shape[0], -1)
+    hw = flat.shape[1] // (x.shape[1] * x.shape[2])
+    ths = [float(t) for t in thresholds]
+    out = tdbn_mlf_forward_op(
+        flat,
+        mean,
+        var,
+        gamma,
+        beta,
+        float(scale),
+        float(eps),
+        hw,
+        bool(batch_stats),
+        ths,
+        float(width),
+        float(decay),
+        bool(detach_reset),
+    )
+    return out.reshape(x.shape)

@@ -37,6 +37,9 @@ __all__ = [
     "mlf_backward_cpu",
     "mlf_forward_cpu",
     "reset_cpu_kernel",
+    "tdbn_input_grad_cpu",
+    "tdbn_mlf_backward_cpu",
+    "tdbn_mlf_forward_cpu",
 ]
 
 # A real C file shipped as package data: readable, lintable by C tools, and hashed into the cache key.
@@ -135,6 +138,27 @@ def _load() -> ctypes.CDLL | str:
         lib.mlf_forward.argtypes = [ptr, ptr, i64, i64, ptr, i32, f32, i32]
         lib.mlf_backward.argtypes = [ptr, ptr, ptr, i64, i64, ptr, i32, f32, f32, f32, i32, i32]
         lib.mlf_forward.restype = lib.mlf_backward.restype = i32
+        bn = [ptr, ptr, ptr, ptr, f32, i64, i64]  # mean, den, gamma, beta, scale, hw, C
+        lib.tdbn_mlf_forward.argtypes = [ptr, ptr, i64, i64, ptr, i32, f32, *bn, i32]
+        lib.tdbn_mlf_backward.argtypes = [
+            ptr,
+            ptr,
+            ptr,
+            i64,
+            i64,
+            ptr,
+            i32,
+            f32,
+            f32,
+            f32,
+            i32,
+            *bn,
+            ptr,
+            i32,
+        ]
+        lib.tdbn_input_grad.argtypes = [ptr, ptr, i64, ptr, ptr, f32, i64, i64, ptr, ptr, ptr, i32]
+        lib.tdbn_mlf_forward.restype = lib.tdbn_mlf_backward.restype = i32
+        lib.tdbn_input_grad.restype = None
         _INFO.update(path=str(target), compiler=cc, flags=" ".join(_BASE_FLAGS + extra))
         return lib
     return "could not build the MLF CPU kernel: " + " | ".join(errors)
@@ -186,6 +210,91 @@ def mlf_forward_cpu(x: Tensor, ths: list[float], decay: float) -> Tensor:
     return out
 
 
+def _bn_args(bn: tuple[Tensor, Tensor, Tensor, Tensor, float, int]) -> list:
+    """(mean, den, gamma, beta) fp32 contiguous ``[C]`` tensors, scale, hw -> the C arguments."""
+    mean, den, gamma, beta, scale, hw = bn
+    return [mean.data_ptr(), den.data_ptr(), gamma.data_ptr(), beta.data_ptr(), scale, hw, mean.numel()]
+
+
+def _surrogate_constants(width: float) -> tuple[float, float]:
+    # half and 1/width rounded to fp32 exactly as the reference's tensor ops do.
+    half = float(torch.tensor(width / 2, dtype=torch.float32))
+    inv_w = float(torch.tensor(1.0, dtype=torch.float32) / width)
+    return half, inv_w
+
+
+def tdbn_mlf_forward_cpu(x: Tensor, ths: list[float], decay: float, bn: tuple) -> Tensor:
+    """Spike counts of tdBN(``x``) without materialising tdBN's output (``x``: ``[T, N]`` fp32)."""
+    lib = load_cpu_kernel()
+    out = torch.empty_like(x)
+    steps, n = x.shape
+    _check(
+        lib.tdbn_mlf_forward(
+            x.data_ptr(),
+            out.data_ptr(),
+            steps,
+            n,
+            _floats(ths),
+            len(ths),
+            decay,
+            *_bn_args(bn),
+            _threads(x.numel()),
+        )
+    )
+    return out
+
+
+def tdbn_mlf_backward_cpu(
+    x: Tensor, grad: Tensor, ths: list[float], width: float, decay: float, detach_reset: bool, bn: tuple
+) -> tuple[Tensor, Tensor]:
+    """``dL/dy`` (y: tdBN's output) and the per-channel sums ``[2, C]`` (fp64) of it and of it x z."""
+    lib = load_cpu_kernel()
+    grad_y = torch.empty_like(x)
+    sums = torch.zeros(2, bn[0].numel(), dtype=torch.float64)
+    steps, n = x.shape
+    half, inv_w = _surrogate_constants(width)
+    _check(
+        lib.tdbn_mlf_backward(
+            x.data_ptr(),
+            grad.data_ptr(),
+            grad_y.data_ptr(),
+            steps,
+            n,
+            _floats(ths),
+            len(ths),
+            decay,
+            half,
+            inv_w,
+            int(detach_reset),
+            *_bn_args(bn),
+            sums.data_ptr(),
+            _threads(x.numel()),
+        )
+    )
+    return grad_y, sums
+
+
+def tdbn_input_grad_cpu(x: Tensor, grad_y: Tensor, bn: tuple, a: Tensor, b: Tensor, d: Tensor) -> Tensor:
+    """``dx = a * (grad_y - b) - z * d`` per channel, in place over ``grad_y`` (returned)."""
+    lib = load_cpu_kernel()
+    mean, den, _, _, scale, hw = bn
+    lib.tdbn_input_grad(
+        x.data_ptr(),
+        grad_y.data_ptr(),
+        x.numel(),
+        mean.data_ptr(),
+        den.data_ptr(),
+        scale,
+        hw,
+        mean.numel(),
+        a.data_ptr(),
+        b.data_ptr(),
+        d.data_ptr(),
+        _threads(x.numel()),
+    )
+    return grad_y
+
+
 def mlf_backward_cpu(
     x: Tensor, grad: Tensor, ths: list[float], width: float, decay: float, detach_reset: bool
 ) -> Tensor:
@@ -193,9 +302,7 @@ def mlf_backward_cpu(
     lib = load_cpu_kernel()
     grad_x = torch.empty_like(x)
     steps, n = x.shape
-    # half and 1/width rounded to fp32 exactly as the reference's tensor ops do.
-    half = float(torch.tensor(width / 2, dtype=torch.float32))
-    inv_w = float(torch.tensor(1.0, dtype=torch.float32) / width)
+    half, inv_w = _surrogate_constants(width)
     _check(
         lib.mlf_backward(
             x.data_ptr(),

@@ -1,4 +1,6 @@
-"""Observe every MLF layer of a model: firing rate and dormant-unit ratio.
+"""Observe a model through forward hooks: firing rate and dormant-unit ratio of every MLF layer
+(:class:`NeuronMonitor`), synaptic operations and energy (:class:`SynapticOps`), spike rasters and
+per-step rates for plots (:class:`SpikeRecorder`).
 
     with NeuronMonitor(model) as monitor:
         model(x)
@@ -19,7 +21,15 @@ from torch import Tensor, nn
 
 from .neurons import MLF, mlf_dormant_mask
 
-__all__ = ["LayerStats", "NeuronMonitor", "SynapticOps", "add_grad_norms"]
+__all__ = [
+    "E_AC_PJ",
+    "E_MAC_PJ",
+    "LayerStats",
+    "NeuronMonitor",
+    "SpikeRecorder",
+    "SynapticOps",
+    "add_grad_norms",
+]
 
 
 @dataclass
@@ -107,21 +117,79 @@ class NeuronMonitor:
         return {n: float(s.spikes) / s.samples for n, s in self.stats.items() if s.samples}
 
 
-class SynapticOps:
-    """Count synaptic operations (SOPs) per sample: every spike times the fan-out it drives.
+class SpikeRecorder:
+    """Record every MLF layer's spike counts for plots: one sample's raster and every sample's rate.
 
-    A forward pre-hook on each ``Conv2d`` / ``Linear`` whose input is spikes adds
-    ``input.sum() * macs_per_item / input_neurons_per_item``: each spike (a count, so an MLF output
-    of 2 is two spikes) costs one accumulate per output it reaches, i.e. the layer's mean fan-out.
-    Layers fed with real values (the stem convolution, listed in ``exclude``) are counted as MACs.
-    ``ann_macs_per_sample`` is the same network run once as an ANN (no time steps).
+        with SpikeRecorder(model) as rec:
+            model(x)
+        rec.rasters   # {"sn1": [T, neurons] counts 0..K of sample ``sample`` of the first batch}
+        rec.rates()   # {"sn1": [T] spikes per neuron per step, over every sample seen}
+        rec.levels    # {"sn1": 3, ...}: K of each layer
+
+    Tensors come back on the CPU; drawing them is :mod:`mlfsnn.report.spikes`' job (no matplotlib here).
+    """
+
+    def __init__(self, model: nn.Module, sample: int = 0) -> None:
+        self.layers: dict[str, MLF] = {n: m for n, m in model.named_modules() if isinstance(m, MLF)}
+        self.levels = {n: m.levels for n, m in self.layers.items()}
+        self.sample = sample
+        self.rasters: dict[str, Tensor] = {}
+        self._sums: dict[str, Tensor] = {}  # spikes per time step, summed over samples and neurons
+        self._units: dict[str, int] = {}  # neurons x samples seen
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+            out = out.detach()  # [T, B, ...]
+            if name not in self.rasters:
+                self.rasters[name] = out[:, self.sample].reshape(out.shape[0], -1).float().cpu()
+            sums = out.sum(dim=tuple(range(1, out.dim())), dtype=torch.float64)
+            self._sums[name] = self._sums[name] + sums if name in self._sums else sums
+            self._units[name] = self._units.get(name, 0) + out[0].numel()
+
+        return hook
+
+    def __enter__(self) -> SpikeRecorder:
+        self._handles = [m.register_forward_hook(self._make_hook(n)) for n, m in self.layers.items()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def rates(self) -> dict[str, Tensor]:
+        """Spikes per neuron per time step, per layer: a ``[T]`` tensor over every sample seen."""
+        return {n: (s / self._units[n]).float().cpu() for n, s in self._sums.items()}
+
+
+# Energy per operation at 45 nm CMOS, 32-bit float (Horowitz, ISSCC 2014): an add 0.9 pJ, a multiply
+# 3.7 pJ, so a multiply-accumulate 4.6 pJ. The runner reads its values from the config (energy.*).
+E_AC_PJ = 0.9
+E_MAC_PJ = 4.6
+
+
+class SynapticOps:
+    """Count synaptic operations (SOPs) and MACs per sample, and the energy they cost (docs/method.md §10).
+
+    A forward hook on each ``Conv2d`` / ``Linear`` whose input is spikes adds, per input item, the
+    spikes times the layer's mean fan-out (``macs_per_item / input_neurons``), two ways:
+
+    * per level (:meth:`sops_per_sample`): an MLF count of 3 is three spikes, three accumulates;
+    * per event (:meth:`event_sops_per_sample`): a non-zero input is one event, one accumulate per
+      fan-out whatever its count (the count travels with the event).
+
+    Layers fed with real values (listed in ``exclude``: the stem convolution reads the input, the
+    classifier reads average-pooled spike counts) cost their MACs every time they run, i.e. on every
+    time step (:meth:`real_macs_per_sample`). ``ann_macs_per_sample`` is the same network run once
+    as an ANN (every layer once, no time steps).
 
         with SynapticOps(model) as sops:
             model(x)
-        sops.sops_per_sample(), sops.ann_macs_per_sample()
+        sops.sops_per_sample(), sops.ann_macs_per_sample(), sops.energy_metrics()
     """
 
-    def __init__(self, model: nn.Module, exclude: tuple[str, ...] = ("conv1",)) -> None:
+    def __init__(self, model: nn.Module, exclude: tuple[str, ...] = ("conv1", "fc")) -> None:
         self.model = model
         self.layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
         self.exclude = set(exclude)
@@ -129,8 +197,11 @@ class SynapticOps:
         self.reset()
 
     def reset(self) -> None:
-        self.sops: dict[str, Tensor | float] = {n: 0.0 for n in self.layers}
-        self.macs: dict[str, int] = {}
+        # Sums over every sample seen; tensors stay on the device until read (one sync at the end).
+        self.sops: dict[str, Tensor | float] = {n: 0.0 for n in self.layers}  # per level spike
+        self.events: dict[str, Tensor | float] = {n: 0.0 for n in self.layers}  # per event
+        self.real_macs: dict[str, float] = {n: 0.0 for n in self.layers}  # real-valued layers, as run
+        self.macs: dict[str, int] = {}  # MACs per item (one time step of one sample)
         self.samples = 0
 
     def _count_samples(self, module: nn.Module, args: tuple) -> None:
@@ -138,13 +209,18 @@ class SynapticOps:
 
     def _make_hook(self, name: str, layer: nn.Module):
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            x = args[0]  # time folded into batch: [T * B, ...]
-            macs = _macs_per_item(layer, output)
+            x = args[0]
+            macs, inputs, items = _layer_shape(layer, x, output)
             self.macs[name] = macs
-            if name not in self.exclude:
-                neurons = x[0].numel()
-                with torch.no_grad():
-                    self.sops[name] = self.sops[name] + x.detach().float().sum() * (macs / neurons)
+            if name in self.exclude:
+                self.real_macs[name] += macs * items
+                return
+            fan_out = macs / inputs
+            with torch.no_grad():
+                x = x.detach()
+                # float64: a layer's spike total exceeds float32's exact integers on big batches
+                self.sops[name] = self.sops[name] + x.sum(dtype=torch.float64) * fan_out
+                self.events[name] = self.events[name] + torch.count_nonzero(x).double() * fan_out
 
         return hook
 
@@ -159,24 +235,69 @@ class SynapticOps:
             h.remove()
         self._handles.clear()
 
-    def per_layer(self) -> dict[str, float]:
-        """SOPs per sample for each spike-fed layer."""
+    def _per_sample(self, sums: dict[str, Tensor | float]) -> dict[str, float]:
         n = max(self.samples, 1)
-        return {k: float(v) / n for k, v in self.sops.items() if k not in self.exclude}
+        return {k: float(v) / n for k, v in sums.items() if k not in self.exclude}
+
+    def per_layer(self) -> dict[str, float]:
+        """SOPs per sample for each spike-fed layer, counted per level spike."""
+        return self._per_sample(self.sops)
+
+    def per_layer_events(self) -> dict[str, float]:
+        """SOPs per sample for each spike-fed layer, counted per event (non-zero count)."""
+        return self._per_sample(self.events)
 
     def sops_per_sample(self) -> float:
         return sum(self.per_layer().values())
+
+    def event_sops_per_sample(self) -> float:
+        return sum(self.per_layer_events().values())
+
+    def real_macs_per_sample(self) -> float:
+        """MACs of the real-valued layers per sample, as run: once per time step."""
+        return sum(v for k, v in self.real_macs.items() if k in self.exclude) / max(self.samples, 1)
 
     def ann_macs_per_sample(self) -> int:
         """MACs of the equivalent ANN for one sample (every layer once, no time steps)."""
         return int(sum(self.macs.values()))
 
+    def energy_metrics(self, e_ac_pj: float = E_AC_PJ, e_mac_pj: float = E_MAC_PJ) -> dict[str, float | None]:
+        """Operation counts and energy per sample in pJ, both conventions; ``energy_ratio`` (ANN / SNN)
+        uses the per-level count, the conservative one (``energy_ratio_event`` the other)."""
+        sops, events, macs = self.sops_per_sample(), self.event_sops_per_sample(), self.real_macs_per_sample()
+        ann = self.ann_macs_per_sample() * e_mac_pj
+        snn = sops * e_ac_pj + macs * e_mac_pj
+        snn_event = events * e_ac_pj + macs * e_mac_pj
+        return {
+            "sops_per_sample": sops,
+            "sops_per_event_sample": events,
+            "snn_macs_per_sample": macs,
+            "ann_macs_per_sample": self.ann_macs_per_sample(),
+            "energy_pj_per_sample": snn,
+            "energy_event_pj_per_sample": snn_event,
+            "ann_energy_pj_per_sample": ann,
+            "energy_ratio": ann / snn if snn > 0 else None,
+            "energy_ratio_event": ann / snn_event if snn_event > 0 else None,
+        }
 
-def _macs_per_item(layer: nn.Module, output: Tensor) -> int:
+
+def _layer_shape(layer: nn.Module, x: Tensor, output: Tensor) -> tuple[int, int, int]:
+    """``(MACs per item, input neurons per item, items)``: an item is one sample at one time step.
+
+    Convolutions see time folded into batch (``[T * B, C, H, W]``); a linear layer may see any
+    leading shape (``[T * B, F]`` or ``[T, B, F]``).
+    """
     if isinstance(layer, nn.Conv2d):
         k = layer.kernel_size[0] * layer.kernel_size[1]
-        return output[0].numel() * (layer.in_channels // layer.groups) * k
-    return output[0].numel() * layer.in_features
+        batched = x.dim() == 4
+        out_item = output[0].numel() if batched else output.numel()
+        items = x.shape[0] if batched else 1
+        return (
+            out_item * (layer.in_channels // layer.groups) * k,
+            x[0].numel() if batched else x.numel(),
+            items,
+        )
+    return layer.out_features * layer.in_features, layer.in_features, x.numel() // layer.in_features
 
 
 def add_grad_norms(model: torch.nn.Module, sums: dict[str, float]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ._args import ArgError
+from .fused import tdbn_fire
 from .neurons import MLF
 from .tdbn import TdBatchNorm
 
@@ -82,15 +83,14 @@ class SpikingBasicBlock(nn.Module):
         if self.shortcut is None:
             return x
         conv, bn, *neuron = self.shortcut
-        out = bn(fold(conv, x))
-        return neuron[0](out) if neuron else out
+        return tdbn_fire(bn, neuron[0], fold(conv, x)) if neuron else bn(fold(conv, x))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.sn1(self.bn1(fold(self.conv1, x)))
-        out = self.bn2(fold(self.conv2, out))
+        out = tdbn_fire(self.bn1, self.sn1, fold(self.conv1, x))
+        out = fold(self.conv2, out)
         if self.block == "ds":
-            return self.sn2(out) + self._shortcut(x)
-        return self.sn2(out + self._shortcut(x))
+            return tdbn_fire(self.bn2, self.sn2, out) + self._shortcut(x)
+        return self.sn2(self.bn2(out) + self._shortcut(x))
 
 
 class SpikingResNet(nn.Module):
@@ -144,7 +144,7 @@ class SpikingResNet(nn.Module):
             raise ValueError(f"SpikingResNet expects input [T, B, C, H, W], got shape {tuple(x.shape)}")
         if self.bn0 is not None:
             x = self.bn0(x)
-        out = self.sn1(self.bn1(fold(self.conv1, x)))
+        out = tdbn_fire(self.bn1, self.sn1, fold(self.conv1, x))
         out = self.layer3(self.layer2(self.layer1(out)))
         out = fold(self.avg_pool, out).flatten(2)
         logits = fold(self.fc, out)

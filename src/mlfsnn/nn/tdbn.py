@@ -56,26 +56,31 @@ class TdBatchNorm(nn.BatchNorm2d):
         x = x.flatten(0, 1)
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()  # statistics in half precision are too coarse
-        dims = [0, *range(2, x.dim())]
         view = (1, -1) + (1,) * (x.dim() - 2)
-        if self.training:
-            mean = x.mean(dims, keepdim=True)
-            var = x.var(dims, keepdim=True, unbiased=False)
-            n = x.numel() / x.shape[1]
-            if n <= 1:
-                raise ValueError(
-                    f"TdBatchNorm needs more than 1 value per channel in training, got shape {tuple(shape)}"
-                )
-            if self.moment_reducer is not None:  # data-parallel: moments of the global batch
-                mean, var, n = self.moment_reducer(x, mean, var)
-            self._update_running_stats(mean, var, n)
-        else:
-            mean = self.running_mean.view(view)
-            var = self.running_var.view(view)
+        mean, var = self.statistics(x)
         y = self.alpha * self.threshold * (x - mean) / (torch.sqrt(var) + self.eps)
         if self.affine:
             y = y * self.weight.view(view) + self.bias.view(view)
         return y.reshape(shape).to(dtype)
+
+    def statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean, var)`` shaped ``[1, C, 1, ...]`` that normalise ``x: [T*B, C, ...]``: this batch's in
+        training (running statistics updated), the running ones in eval."""
+        dims = [0, *range(2, x.dim())]
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        if not self.training:
+            return self.running_mean.view(view), self.running_var.view(view)
+        mean = x.mean(dims, keepdim=True)
+        var = x.var(dims, keepdim=True, unbiased=False)
+        n = x.numel() / x.shape[1]
+        if n <= 1:
+            raise ValueError(
+                f"TdBatchNorm needs more than 1 value per channel in training, got shape {tuple(x.shape)}"
+            )
+        if self.moment_reducer is not None:  # data-parallel: moments of the global batch
+            mean, var, n = self.moment_reducer(x, mean, var)
+        self._update_running_stats(mean, var, n)
+        return mean, var
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, n: float) -> None:

@@ -73,6 +73,14 @@ def _epochs(row: Row) -> tuple[int | None, int | None]:
     return (min(epochs), max(epochs)) if epochs else (None, None)
 
 
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}x"
+
+
+def _has_energy(rows: list[Row]) -> bool:
+    return any(row.mean_of("energy_ratio") is not None for row in rows)
+
+
 def _count(row: Row) -> str:
     incomplete = sum(not r.complete for r in row.runs)
     failed = sum(r.complete and r.status != "ok" for r in row.runs)
@@ -123,9 +131,10 @@ _TEST_COLUMNS = (
 def markdown_table(rows: list[Row], keys: list[str]) -> str:
     """The summary table alone: the head of report.md and what snn-report prints."""
     sops = any(row.mean_of("sops_per_sample") is not None for row in rows)
+    energy = _has_energy(rows)
     val = _VAL_COLUMNS if any_val(rows) else ()
     header = ["#", *(_HEADER.get(k, k) for k in keys), "params", *(c[1] for c in val + _TEST_COLUMNS), "n"]
-    header += ["SOPs/sample"] * sops + ["epochs", "paper acc (%)"]
+    header += ["SOPs/sample"] * sops + ["energy ANN/SNN"] * energy + ["epochs", "paper acc (%)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         lo, hi = _epochs(row)
@@ -134,6 +143,7 @@ def markdown_table(rows: list[Row], keys: list[str]) -> str:
         cells += [_acc_cell(row, attr, missing="") for attr, _, _ in val]  # blank: the run had no split
         cells += [_acc_cell(row, attr) for attr, _, _ in _TEST_COLUMNS] + [_count(row)]
         cells += [_si(row.mean_of("sops_per_sample"))] * sops
+        cells += [_ratio(row.mean_of("energy_ratio"))] * energy
         cells += ["" if lo is None else str(lo) if lo == hi else f"{lo}–{hi}", _paper_cell(row)]
         lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
     return "\n".join(lines)
@@ -145,7 +155,13 @@ def csv_rows(rows: list[Row], keys: list[str]) -> list[list[str]]:
     stats = _TEST_COLUMNS + (_VAL_COLUMNS if any_val(rows) else ())
     for _, _, stem in stats:
         header += [f"{stem}_mean", f"{stem}_std", f"{stem}_n"]
-    header += ["sops_per_sample_mean", "ann_macs_per_sample_mean", "epochs_min", "epochs_max"]
+    header += [
+        "sops_per_sample_mean",
+        "ann_macs_per_sample_mean",
+        "energy_ratio_mean",
+        "epochs_min",
+        "epochs_max",
+    ]
     header += ["paper_acc", "paper_verified", "paper_id", "seeds", "runs"]
     out = [header]
     for row in rows:
@@ -157,6 +173,7 @@ def csv_rows(rows: list[Row], keys: list[str]) -> list[list[str]]:
         for attr, _, _ in stats:
             line += [_num(x) for x in row.stat(attr)]
         line += [_num(row.mean_of("sops_per_sample")), _num(row.mean_of("ann_macs_per_sample"))]
+        line += [_num(row.mean_of("energy_ratio"))]
         line += [_num(x) for x in _epochs(row)]
         first = row.paper[0] if row.paper else {}
         line += [_num(first.get("test_acc")), _num(first.get("verified")) if first else ""]
@@ -185,7 +202,7 @@ def markdown(
         "",
         markdown_table(rows, keys),
         "",
-        *_accuracy_note(any_val(rows)),
+        *_accuracy_note(any_val(rows), _has_energy(rows)),
         "",
         *_keys_section([r for r in runs if r.config]),
         "",
@@ -202,7 +219,7 @@ def markdown(
     return "\n".join(out) + "\n"
 
 
-def _accuracy_note(val: bool) -> list[str]:
+def _accuracy_note(val: bool, energy: bool = False) -> list[str]:
     """The paragraph under the table: what each accuracy column means and how it was selected."""
     note = (
         "Accuracy: top-1 accuracy in %, mean ± sample standard deviation over the seeds of a configuration "
@@ -228,6 +245,12 @@ def _accuracy_note(val: bool) -> list[str]:
         "far. SOPs/sample: synaptic operations per test sample, mean over seeds. Paper figures match on "
         "dataset, block, K, depth and T; unverified ones are not yet checked against the PDF."
     )
+    if energy:
+        note += (
+            " energy ANN/SNN: the ANN twin's energy per test sample over the SNN's, mean over seeds; "
+            "synaptic operations counted per level spike, real-valued layers as MACs on every time step "
+            "(docs/method.md §10)."
+        )
     return [note]
 
 

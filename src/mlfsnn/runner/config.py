@@ -99,6 +99,9 @@ def _validate(cfg: DictConfig) -> None:
         _int(cfg, "scheduler.step_size", 1)
         _number(cfg, "scheduler.gamma", 0, strict_low=True)
     _trainer(cfg)
+    for key in ("energy.e_ac_pj", "energy.e_mac_pj"):  # absent from configs stored before them
+        if OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
+            _number(cfg, key, 0, strict_low=True)
     if _get(cfg, "logger.wandb.enabled"):
         mode = _get(cfg, "logger.wandb.mode")
         if mode not in (None, "online", "offline", "disabled"):
@@ -175,6 +178,9 @@ def _trainer(cfg: DictConfig) -> None:
     if not isinstance(_get(cfg, "trainer.overwrite"), bool):
         _fail("trainer.overwrite", _get(cfg, "trainer.overwrite"), "expected true or false")
     _number(cfg, "trainer.dist_timeout_s", 0, strict_low=True)
+    every = _get(cfg, "trainer.sync_every")
+    if every != "auto" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        _fail("trainer.sync_every", every, "expected auto or an integer >= 1")
 
 
 def _available_bytes(device: str) -> tuple[int, str] | None:

@@ -6,6 +6,7 @@ another T, data root or batch size).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -16,15 +17,16 @@ from omegaconf import OmegaConf
 from ..data import build_datasets
 from ..errors import CheckpointError, ConfigError
 from ..nn import count_parameters
+from ..nn.observe import SpikeRecorder
 from .builders import build_model
 from .checkpoint import load_checkpoint
 from .config import validate
 from .context import Context
 from .loop import evaluate
-from .outputs import environment, write_json
+from .outputs import environment, log_eval_run, write_json
 from .schema import known_keys, unknown_key_message
 
-__all__ = ["check_writable", "default_out", "resolve_checkpoint", "run_eval", "write_result"]
+__all__ = ["check_writable", "default_out", "resolve_checkpoint", "run_eval", "spike_record", "write_result"]
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -67,11 +69,14 @@ def _merge(cfg: Any, overrides: list[str]) -> None:
 
 
 def run_eval(
-    checkpoint: Path, overrides: list[str], out: Path | None = None, write: bool = True
+    checkpoint: Path, overrides: list[str], out: Path | None = None, write: bool = True, plots: bool = False
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` and return the result; ``write`` also saves it to ``out``.
 
     ``out`` (default: the run directory's ``eval.json``) is checked for writability before any work.
+    ``plots`` also records every MLF layer's spikes during the pass: the result then holds ``spikes``
+    (see :func:`spike_record`) for the caller to draw (snn-eval does, with
+    :mod:`mlfsnn.report.spikes`, which this layer may not import); eval.json never holds it.
     """
     out = out or default_out(checkpoint)
     check_writable(out)
@@ -90,7 +95,9 @@ def run_eval(
             f"checkpoint {checkpoint} does not fit the configured model: {str(exc).splitlines()[0]}"
         ) from None
     t0 = time.perf_counter()
-    metrics = evaluate(model, ctx.test_loader(test_set), ctx)
+    recorder = SpikeRecorder(model) if plots else None
+    with recorder or contextlib.nullcontext():  # its hooks see the same pass the metrics come from
+        metrics = evaluate(model, ctx.test_loader(test_set), ctx)
     result = {
         "checkpoint": str(checkpoint.resolve()),
         "epoch": state.get("epoch"),
@@ -103,9 +110,29 @@ def run_eval(
         **environment(ctx.device),
         "eval_json": str(out),
     }
+    wandb_id = log_eval_run(cfg, state, result, out.parent, overrides)  # when the config enables wandb
+    if wandb_id:
+        result["wandb_run_id"] = wandb_id  # a new run in the training run's group (see log_eval_run)
+    if recorder is not None:
+        result["spikes"] = spike_record(recorder, test_set)
     if write:
         write_result(result)
     return result
+
+
+def spike_record(recorder: SpikeRecorder, test_set: Any) -> dict[str, Any]:
+    """What the spike plots need, as plain numpy arrays: ``rasters`` (``[T, neurons]`` counts of test
+    sample 0, the first the unshuffled test loader yields), ``rates`` (``[T]`` spikes per neuron per
+    step over the test set), ``levels`` (the largest K), ``sample`` (a caption) and ``samples``."""
+    label = int(test_set[0][1])
+    rates = recorder.rates()
+    return {
+        "rasters": {n: r.numpy() for n, r in recorder.rasters.items()},
+        "rates": {n: r.numpy() for n, r in rates.items()},
+        "levels": max(recorder.levels.values(), default=1),
+        "sample": f"test sample 0 (class {label})",
+        "samples": len(test_set),
+    }
 
 
 def write_result(result: dict[str, Any]) -> Path:
@@ -116,7 +143,7 @@ def write_result(result: dict[str, Any]) -> Path:
     except OSError as exc:
         raise ConfigError(f"out={out} cannot be written: {exc.strerror}") from None
     try:
-        write_json(out, {k: v for k, v in result.items() if k != "eval_json"})
+        write_json(out, {k: v for k, v in result.items() if k not in ("eval_json", "spikes")})
     except OSError as exc:
         raise ConfigError(f"out={out} cannot be written: {exc.strerror or exc}") from None
     return out

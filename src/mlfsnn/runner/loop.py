@@ -8,6 +8,7 @@ loss, a stop request), so a data-parallel job never deadlocks on one rank leavin
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..nn import NeuronMonitor, SynapticOps
-from ..nn.observe import add_grad_norms
+from ..nn.observe import E_AC_PJ, E_MAC_PJ, add_grad_norms
 from .context import Context
 from .distributed import all_reduce_sum
 from .preemption import PreemptionGuard
@@ -42,11 +43,66 @@ class EpochProgress:
     grad_norm_sum: dict[str, float] = field(default_factory=dict)  # trainer.log_grad_norms
 
 
-def _agree(ctx: Context, loss: torch.Tensor, guard: PreemptionGuard | None) -> tuple[bool, bool]:
-    """(loss not finite on some rank, stop requested on some rank): every rank decides alike."""
-    flags = [float(not torch.isfinite(loss).item()), float(guard is not None and guard.requested)]
-    bad, stop = all_reduce_sum(flags, ctx.device)
-    return bad > 0, stop > 0
+@dataclass
+class _Pending:
+    """Per-step values still on the device; the host reads them once per flush, not once per step."""
+
+    losses: list[torch.Tensor] = field(default_factory=list)
+    correct: list[torch.Tensor] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.losses.append(loss.detach().float())
+        self.correct.append((logits.detach().argmax(1) == y).sum())
+        self.sizes.append(y.shape[0])
+
+
+def _flush(
+    pending: _Pending,
+    progress: EpochProgress,
+    ctx: Context,
+    epoch: int,
+    step: int,
+    guard: PreemptionGuard | None,
+) -> bool:
+    """Read the pending steps (one device-to-host copy), add them to ``progress`` and agree across
+    ranks (one all-reduce) on a non-finite loss (raised) and on a stop request (returned)."""
+    losses: list[float] = []
+    correct: list[float] = []
+    if pending.losses:
+        n = len(pending.losses)
+        both = torch.cat([torch.stack(pending.losses), torch.stack(pending.correct).float()]).tolist()
+        losses, correct = both[:n], both[n:]
+    bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+    flags = [float(bad is not None), float(guard is not None and guard.requested)]
+    if ctx.world_size > 1:
+        flags = all_reduce_sum(flags, ctx.device)
+    if flags[0] > 0:
+        where = (
+            f"({losses[bad]}) at epoch {epoch}, step {step - len(losses) + bad + 1}"
+            if bad is not None
+            else f"on another rank in epoch {epoch}, steps {step - len(losses) + 1}-{step}"
+        )
+        raise NonFiniteLoss(f"loss is not finite {where}")
+    for loss, hits, size in zip(losses, correct, pending.sizes, strict=True):
+        progress.loss_sum += loss * size
+        progress.correct += hits
+        progress.seen += size
+    progress.batches += len(losses)
+    pending.losses, pending.correct, pending.sizes = [], [], []
+    return flags[1] > 0
+
+
+def sync_interval(ctx: Context) -> int:
+    """Steps between host reads of the running sums and the stop flag (``trainer.sync_every``).
+
+    ``auto``: every step on CPU, where a read costs nothing (the host computed the values itself);
+    every 16 steps on an accelerator, where each read would stall the device's queue of work.
+    """
+    every = ctx.cfg.trainer.get("sync_every", "auto")
+    if every == "auto":
+        return 1 if ctx.device.type == "cpu" else 16
+    return int(every)
 
 
 def train_one_epoch(
@@ -62,12 +118,15 @@ def train_one_epoch(
 ) -> tuple[int, bool]:
     """Train until the loader ends, ``max_steps`` is reached or a stop is requested.
 
-    ``progress`` is updated in place. Returns the global step and whether a stop request cut the
-    epoch short.
+    ``progress`` is updated in place at every flush (every ``sync_interval`` steps and at the end).
+    Returns the global step and whether a stop request cut the epoch short. A non-finite loss is
+    found at the next flush: the weights it corrupted are never checkpointed (NonFiniteLoss).
     """
     model.train()
     tr = ctx.cfg.trainer
+    every = sync_interval(ctx)
     start = time.perf_counter() - progress.time_s
+    pending = _Pending()
     bar = ctx.progress(loader, f"epoch {epoch}")
     for x, y in bar:
         if tr.max_steps is not None and step >= tr.max_steps:
@@ -76,33 +135,36 @@ def train_one_epoch(
         with ctx.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
-        if _agree(ctx, loss, None)[0]:
-            raise NonFiniteLoss(f"loss is not finite ({loss.item()}) at epoch {epoch}, step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if tr.grad_clip is not None or tr.log_grad_norms:
             scaler.unscale_(optimizer)
         if tr.log_grad_norms:
-            add_grad_norms(model, progress.grad_norm_sum)
+            add_grad_norms(model, progress.grad_norm_sum)  # one host read per step, when asked for
         if tr.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         step += 1
-        progress.batches += 1
-        progress.loss_sum += loss.item() * y.shape[0]
-        progress.correct += (logits.argmax(1) == y).sum().item()
-        progress.seen += y.shape[0]
-        progress.time_s = time.perf_counter() - start
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(
-                loss=f"{progress.loss_sum / progress.seen:.4f}",
-                acc=f"{100 * progress.correct / progress.seen:.2f}",
-                sps=f"{progress.seen / max(progress.time_s, 1e-9):.1f}",
-            )
-        if guard is not None and _agree(ctx, loss.detach(), guard)[1]:
-            return step, True
-    return step, False
+        pending.add(loss, logits, y)
+        if len(pending.losses) >= every:
+            stop = _flush(pending, progress, ctx, epoch, step, guard)
+            progress.time_s = time.perf_counter() - start
+            _show(bar, progress)
+            if stop:
+                return step, True
+    stop = bool(pending.losses) and _flush(pending, progress, ctx, epoch, step, guard)
+    progress.time_s = time.perf_counter() - start
+    return step, stop
+
+
+def _show(bar: Any, progress: EpochProgress) -> None:
+    if hasattr(bar, "set_postfix") and progress.seen:
+        bar.set_postfix(
+            loss=f"{progress.loss_sum / progress.seen:.4f}",
+            acc=f"{100 * progress.correct / progress.seen:.2f}",
+            sps=f"{progress.seen / max(progress.time_s, 1e-9):.1f}",
+        )
 
 
 def epoch_metrics(progress: EpochProgress, ctx: Context) -> dict[str, Any]:
@@ -124,7 +186,7 @@ def evaluate(
     model: nn.Module, loader: DataLoader, ctx: Context, observe: bool = True, split: str = "test"
 ) -> dict[str, Any]:
     """``<split>_loss``, ``<split>_acc`` (%) and, when ``observe``, per-layer firing rate, dormant
-    ratio and SOPs."""
+    ratio, SOPs and the energy estimate (:meth:`~mlfsnn.nn.observe.SynapticOps.energy_metrics`)."""
     model.eval()
     total_loss = correct = seen = 0.0
     monitor, sops = NeuronMonitor(model, dormant=True), SynapticOps(model)
@@ -146,13 +208,14 @@ def evaluate(
         _reduce_observations(monitor, sops, ctx)
         out["firing_rate"] = monitor.firing_rate()
         out["dormant_ratio"] = monitor.dormant_ratio()
-        out["sops_per_sample"] = sops.sops_per_sample()
-        out["ann_macs_per_sample"] = sops.ann_macs_per_sample()
+        energy = ctx.cfg.get("energy") or {}  # configs stored before the energy keys have none
+        out.update(sops.energy_metrics(energy.get("e_ac_pj", E_AC_PJ), energy.get("e_mac_pj", E_MAC_PJ)))
     return out
 
 
 def _reduce_observations(monitor: NeuronMonitor, sops: SynapticOps, ctx: Context) -> None:
-    """Sum every rank's neuron statistics and SOPs into each rank's monitors (no-op on one process)."""
+    """Sum every rank's neuron statistics, SOPs (per level and per event) and real-valued MACs into
+    each rank's monitors (no-op on one process)."""
     if ctx.world_size <= 1:
         return
     names = list(monitor.stats)
@@ -160,11 +223,15 @@ def _reduce_observations(monitor: NeuronMonitor, sops: SynapticOps, ctx: Context
     for n in names:
         st = monitor.stats[n]
         values += [float(st.spikes), st.neuron_steps, float(st.dormant), st.units, st.samples]
-    values += [float(v) for v in sops.sops.values()] + [sops.samples]
-    values = all_reduce_sum(values, ctx.device)
+    layers = list(sops.layers)  # the three SOP / MAC sums are keyed by every Conv2d / Linear layer
+    for sums in (sops.sops, sops.events, sops.real_macs):
+        values += [float(sums[k]) for k in layers]
+    values = all_reduce_sum([*values, sops.samples], ctx.device)
     for i, n in enumerate(names):
         st = monitor.stats[n]
         st.spikes, st.neuron_steps, st.dormant, st.units, st.samples = values[5 * i : 5 * i + 5]
-    rest = values[5 * len(names) :]
-    sops.sops = dict(zip(sops.sops, rest[:-1], strict=True))
-    sops.samples = int(rest[-1])
+    at, k = 5 * len(names), len(layers)
+    sops.sops, sops.events, sops.real_macs = (
+        dict(zip(layers, values[at + j * k : at + (j + 1) * k], strict=True)) for j in range(3)
+    )
+    sops.samples = int(values[-1])

@@ -24,6 +24,7 @@ __all__ = ["FREE_KEYS", "IncompatibleCheckpoint", "check_same_trajectory", "load
 # Keys that change how a run is executed, logged or where it finds its data, never what it computes.
 FREE_KEYS = (
     "name",
+    "energy",  # read by evaluation only, after the fact
     "logger",
     "paths",
     "dataset.root",
@@ -46,6 +47,7 @@ FREE_KEYS = (
     "trainer.compile",
     "trainer.channels_last",
     "trainer.dist_timeout_s",
+    "trainer.sync_every",
 )
 
 

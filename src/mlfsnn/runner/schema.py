@@ -59,7 +59,9 @@ def _flat(node: Any, prefix: str) -> set[str]:
 @lru_cache(maxsize=1)
 def known_keys() -> frozenset[str]:
     """Every leaf key a composed ``train`` config may hold (``hydra.*`` aside)."""
-    keys = set(TOP_LEVEL)
+    primary = yaml.safe_load(_configs().joinpath("train.yaml").read_text()) or {}
+    primary.pop("hydra", None)  # _flat drops "defaults"; hydra.* is Hydra's, checked by Hydra
+    keys = set(TOP_LEVEL) | _flat(primary, "")  # top-level blocks of train.yaml (energy.*)
     for group in GROUPS:
         for option in group_options(group):
             text = _configs().joinpath(group, f"{option}.yaml").read_text()
@@ -125,6 +127,31 @@ def _check_group_prefix(group: str, raw: str, add: bool, force: bool, seen: set[
         raise ConfigError(f"{raw}: {group} is always part of the config, so drop the '+' ({value})")
 
 
+SEARCH_SPACE = "hydra.sweeper.params."
+
+
+def _search_space_advice(raw: str, target: str, delete: bool) -> str:
+    """Why ``hydra.sweeper.params.KEY=...`` on the command line is refused, and what works instead.
+
+    Hydra cannot set such an entry: it reads the dots of ``optimizer.lr`` as nesting (the entry is
+    named ``optimizer.lr``), refuses a sweep value for its own keys and a new key without ``+``. The
+    sweepers take ordinary overrides instead: ``'optimizer.lr=interval(0.01, 0.1)'`` replaces that
+    entry, and a fixed ``neuron.levels=3`` takes the key out of the search.
+    """
+    name = target.lstrip("+")
+    group = name in GROUPS + PRESETS or "/" in name
+    if not group and name not in known_keys() and name not in _prefixes(known_keys()):
+        return f"{raw}: {unknown_key_message(name)}"
+    name = f"+{name}" if name in PRESETS else name
+    if delete:
+        return f"{raw}: to take {name} out of the search, give it a fixed value: {name}=VALUE"
+    value = raw.partition("=")[2].strip("'\"")
+    return (
+        f"{raw}: Hydra cannot set a search-space entry from the command line; give it as an ordinary "
+        f"override (with -m): '{name}={value}'"
+    )
+
+
 def check_overrides(args: list[str]) -> None:
     """Refuse overrides that name an unknown key or group option, before Hydra composes anything."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -142,6 +169,8 @@ def check_overrides(args: list[str]) -> None:
         except HydraException as exc:
             raise ConfigError(f"override {raw!r} cannot be parsed: {str(exc).splitlines()[0]}") from None
         key = override.key_or_group
+        if key.startswith(SEARCH_SPACE):
+            raise ConfigError(_search_space_advice(raw, key.removeprefix(SEARCH_SPACE), override.is_delete()))
         if key == "hydra" or key.startswith(("hydra.", "hydra/")):
             continue
         if override.is_delete():

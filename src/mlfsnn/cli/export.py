@@ -1,0 +1,72 @@
+"""snn-export: write a checkpoint's network as a NIR graph (docs/export.md).
+
+    snn-export checkpoint=outputs/.../checkpoints/best.pt out=model.nir
+    snn-export checkpoint=RUN_DIR dt=1e-3
+
+The model is rebuilt from the config stored in the checkpoint (``key=value`` overrides apply to that
+config, as for snn-eval); no dataset is loaded. tdBN is folded into the convolutions, each MLF neuron
+becomes K NIR LIF nodes, and the graph's Output is read out as the mean over time steps. ``out``
+defaults to ``model.nir`` in the run directory; ``dt`` (default 1e-4) is the step of the LIF
+mapping ``tau = dt / (1 - decay)``, ``r = tau / dt``. A summary is printed as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ._common import user_errors_exit
+
+USAGE = "usage: snn-export checkpoint=<file or run dir> [out=<file.nir>] [dt=<seconds>] [key=value ...]"
+
+
+def parse(argv: list[str]) -> tuple[Path, Path | None, float | None, list[str]]:
+    """``(checkpoint, out, dt, overrides)`` from ``key=value`` arguments; ``--help`` prints and exits 0."""
+    from ..runner.evaluate import resolve_checkpoint
+
+    ckpt, out, dt, overrides = None, None, None, []
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(USAGE + "\n\n" + (__doc__ or ""))
+            raise SystemExit(0)
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"argument {arg!r} is invalid: expected key=value; {USAGE}")
+        if key == "checkpoint":
+            ckpt = Path(value).expanduser()
+        elif key == "out":
+            out = Path(value).expanduser()
+        elif key == "dt":
+            try:
+                dt = float(value)
+            except ValueError:
+                raise ConfigError(f"dt={value!r} is invalid: expected a number > 0 (seconds)") from None
+        else:
+            overrides.append(arg)
+    if ckpt is None:
+        raise ConfigError(f"checkpoint is required; {USAGE}")
+    return resolve_checkpoint(ckpt), out, dt, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``snn-export``."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    def run() -> dict[str, Any]:
+        ckpt, out, dt, overrides = parse(sys.argv[1:] if argv is None else argv)
+        from ..runner.export import export_checkpoint
+
+        return export_checkpoint(ckpt, overrides, out, **({} if dt is None else {"dt": dt}))
+
+    result = user_errors_exit(run)
+    print(json.dumps(result, indent=2), flush=True)
+    print(f"wrote {result['out']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

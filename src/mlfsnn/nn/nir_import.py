@@ -1,0 +1,373 @@
+"""Run a NIR graph as a time-first PyTorch module (the import half of :mod:`mlfsnn.nn.nir`).
+
+A node's input is the sum of its incoming edges, added in the order the edges are listed (so the
+rounding follows the exporting model). Stateless nodes run once on time folded into batch; neuron
+nodes scan over time with the MLF arithmetic ``(decay * u) * (1 - o) + x`` (docs/method.md §1), so
+the spikes are those of :class:`~mlfsnn.MLF`.
+
+LIF / IF nodes with the same inputs, outputs and dynamics whose thresholds step by a constant width
+become one :class:`~mlfsnn.MLF` with K levels (exactly what the exporter's metadata describes);
+other neuron nodes become one single-level MLF each, which sums to the same values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .neurons import MLF
+
+__all__ = ["DEFAULT_DT", "META", "NIRNetwork"]
+
+# The step the forward-Euler mapping assumes (snnTorch's NIR exporter uses the same); any positive dt
+# gives the same dynamics, it only rescales tau and r.
+DEFAULT_DT = 1e-4
+# Keys of the metadata on each LIF node that let from_nir rebuild one MLF module per neuron layer.
+META = {
+    "group": "mlfsnn_group",
+    "level": "mlfsnn_level",
+    "levels": "mlfsnn_levels",
+    "threshold": "mlfsnn_threshold",
+    "width": "mlfsnn_width",
+    "decay": "mlfsnn_decay",
+}
+
+# Node types from_nir runs, by class name (stateless first, then the two spiking neurons).
+STATELESS = ("Conv2d", "Affine", "Linear", "Scale", "Flatten", "AvgPool2d", "SumPool2d", "Threshold")
+SUPPORTED = ("Input", "Output", *STATELESS, "LIF", "IF")
+
+
+class _Flatten(nn.Module):
+    """NIR's Flatten: dimensions count without the batch (here: folded time and batch) axis."""
+
+    def __init__(self, start_dim: int, end_dim: int) -> None:
+        super().__init__()
+        self.start_dim = start_dim + 1 if start_dim >= 0 else start_dim
+        self.end_dim = end_dim + 1 if end_dim >= 0 else end_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(self.start_dim, self.end_dim)
+
+
+class _Elementwise(nn.Module):
+    """NIR's Scale (``x * scale``), Threshold (``x > threshold``) and a neuron's input gain."""
+
+    def __init__(self, kind: str, value: Tensor) -> None:
+        super().__init__()
+        self.kind = kind
+        self.register_buffer("value", value)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "threshold":
+            return (x > self.value).to(x.dtype)
+        return x * self.value
+
+
+class _SumPool2d(nn.Module):
+    def __init__(self, kernel: tuple, stride: tuple, padding: tuple) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.avg_pool2d(x, self.kernel, self.stride, self.padding, divisor_override=1)
+
+
+def _ints(v: Any) -> tuple[int, ...] | str:
+    if isinstance(v, (str, bytes)):
+        return v.decode() if isinstance(v, bytes) else v
+    return tuple(int(i) for i in np.atleast_1d(v))
+
+
+def _tensor(a: Any, dtype: torch.dtype) -> Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype)
+
+
+def _stateless(kind: str, node: Any, dtype: torch.dtype) -> nn.Module:
+    if kind == "Conv2d":
+        weight = np.asarray(node.weight)
+        groups = int(node.groups)
+        conv = nn.Conv2d(
+            weight.shape[1] * groups,
+            weight.shape[0],
+            weight.shape[2:],
+            _ints(node.stride),
+            _ints(node.padding),
+            _ints(node.dilation),
+            groups,
+            bias=True,
+        )
+        conv.weight.data, conv.bias.data = _tensor(weight, dtype), _tensor(node.bias, dtype)
+        return conv
+    if kind in ("Affine", "Linear"):
+        weight = np.asarray(node.weight)
+        if weight.ndim != 2:
+            raise ValueError(f"NIR {kind} with a {weight.ndim}-D weight is not supported (2-D only)")
+        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=kind == "Affine")
+        layer.weight.data = _tensor(weight, dtype)
+        if kind == "Affine":
+            layer.bias.data = _tensor(node.bias, dtype)
+        return layer
+    if kind == "Flatten":
+        return _Flatten(int(node.start_dim), int(node.end_dim))
+    if kind in ("AvgPool2d", "SumPool2d"):
+        kernel, stride, padding = (_ints(v) for v in (node.kernel_size, node.stride, node.padding))
+        if kind == "SumPool2d":
+            return _SumPool2d(kernel, stride, padding)
+        return nn.AvgPool2d(kernel, stride, padding)
+    if kind == "Scale":
+        return _Elementwise("scale", _tensor(node.scale, dtype))
+    return _Elementwise("threshold", _tensor(node.threshold, dtype))
+
+
+def _uniform(node_name: str, field_name: str, a: Any) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    if a.size == 0 or a.min() != a.max():
+        raise ValueError(f"NIR node {node_name!r}: per-neuron {field_name} values are not supported")
+    return float(a.flat[0])
+
+
+@dataclass
+class _Neuron:
+    """One LIF / IF node: the MLF dynamics it has, and what its metadata claims."""
+
+    name: str
+    decay: float
+    gain: float
+    threshold: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _neuron(name: str, node: Any, dt: float) -> _Neuron:
+    kind = type(node).__name__
+    values = {f: _uniform(name, f, getattr(node, f)) for f in ("r", "v_threshold")}
+    resets = (("v_reset", node.v_reset), ("v_leak", getattr(node, "v_leak", 0.0)))
+    for f, v in resets:
+        if v is not None and _uniform(name, f, v) != 0.0:
+            raise ValueError(f"NIR node {name!r}: {f} != 0 is not supported (MLF resets and leaks to 0)")
+    if kind == "LIF":
+        tau = _uniform(name, "tau", node.tau)
+        decay, gain = 1.0 - dt / tau, dt * values["r"] / tau
+    else:
+        decay, gain = 1.0, dt * values["r"]
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"NIR node {name!r}: decay 1 - dt/tau = {decay} is outside [0, 1] (dt={dt})")
+    meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (node.metadata or {}).items()}
+    out = _Neuron(name, decay, gain, values["v_threshold"], meta)
+    _trust_metadata(out, node, dt)
+    return out
+
+
+def _trust_metadata(n: _Neuron, node: Any, dt: float) -> None:
+    """Take the exact decay, gain 1 and threshold from the exporter's metadata when the arrays agree.
+
+    The arrays hold ``tau = dt / (1 - decay)``, ``r = tau / dt`` and ``threshold + k * width`` rounded
+    to their dtype; recomputing them from the metadata and comparing in that dtype is an exact test.
+    """
+    try:
+        decay, th = float(n.meta[META["decay"]]), float(n.meta[META["threshold"]])
+        level, width = int(n.meta[META["level"]]), float(n.meta[META["width"]])
+        n.meta[META["levels"]], n.meta[META["group"]] = (
+            int(n.meta[META["levels"]]),
+            str(n.meta[META["group"]]),
+        )
+    except (KeyError, TypeError, ValueError):
+        n.meta = {}
+        return
+    dtype = np.asarray(node.v_threshold).dtype
+
+    def same(a: Any, v: float) -> bool:  # a stored (uniform) array against v rounded to its dtype
+        return bool(np.asarray(a).flat[0] == np.asarray(v).astype(dtype))
+
+    tau = dt / (1.0 - decay) if decay < 1 else None
+    ok = same(node.v_threshold, th + level * width)
+    if type(node).__name__ == "LIF":
+        ok = ok and tau is not None and same(node.tau, tau) and same(node.r, tau / dt)
+    else:
+        ok = ok and decay == 1 and same(node.r, 1.0 / dt)
+    if ok:
+        n.decay, n.gain, n.threshold = decay, 1.0, th + level * width
+    else:
+        n.meta = {}
+
+
+def _groups(neurons: list[_Neuron], inputs: dict, outputs: dict) -> list[tuple[str, MLF, float, list[str]]]:
+    """``(module name, MLF, input gain, member nodes)``: K-level MLFs where possible, else 1-level."""
+    buckets: dict[tuple, list[_Neuron]] = {}
+    for n in neurons:
+        key = (
+            tuple(inputs[n.name]),
+            tuple(sorted(outputs[n.name])),
+            n.decay,
+            n.gain,
+            n.meta.get(META["group"]),
+        )
+        buckets.setdefault(key, []).append(n)
+    out = []
+    for (_, _, decay, gain, group), members in buckets.items():
+        members.sort(key=lambda n: n.threshold)
+        ths = [n.threshold for n in members]
+        if group is not None:
+            levels = int(members[0].meta[META["levels"]])
+            first, width = float(members[0].meta[META["threshold"]]), float(members[0].meta[META["width"]])
+        else:
+            levels, first = len(members), ths[0]
+            width = ths[1] - ths[0] if levels > 1 else 1.0  # one level: width only shapes the surrogate
+        ladder = [first + k * width for k in range(levels)]
+        if levels == len(members) and ths == ladder and width > 0:
+            names = [n.name for n in members]
+            match = [re.fullmatch(r"(.+)\.level\d+", s) for s in names]
+            name = group or (match[0].group(1) if levels > 1 and all(match) else names[0])
+            mlf = MLF(levels=levels, threshold=first, width=width, decay=decay)
+            out.append((str(name), mlf, gain, names))
+        else:
+            out += [(n.name, MLF(1, n.threshold, 1.0, decay), gain, [n.name]) for n in members]
+    return out
+
+
+@dataclass
+class _Unit:
+    """One step of the forward pass: a module (or the input/output) and the units it sums."""
+
+    name: str
+    kind: str  # "input" | "output" | "stateless" | "neuron"
+    sources: list[str]
+    module: nn.Module | None = None
+    gain: nn.Module | None = None
+
+
+class NIRNetwork(nn.Module):
+    """A NIR graph as a module over time-first input ``[T, B, ...]`` (see the module docstring).
+
+    Node types: Input and Output (one each), Conv2d, Affine, Linear (2-D weights), Scale, Flatten,
+    AvgPool2d, SumPool2d, Threshold, LIF and IF with uniform parameters, ``v_leak = v_reset = 0``
+    and ``dt <= tau``. ``forward`` returns the Output's per-step values averaged over T;
+    :meth:`steps` returns them per step.
+    """
+
+    def __init__(self, graph: Any, dt: float, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.dt = dt
+        nodes: dict[str, Any] = dict(graph.nodes)
+        for name, node in nodes.items():
+            if type(node).__name__ not in SUPPORTED:
+                raise ValueError(
+                    f"NIR node {name!r} of type {type(node).__name__} is not supported; "
+                    f"supported: {', '.join(SUPPORTED)}"
+                )
+        inputs: dict[str, list[str]] = {n: [] for n in nodes}
+        outputs: dict[str, list[str]] = {n: [] for n in nodes}
+        for src, dst in graph.edges:
+            inputs[dst].append(src)
+            outputs[src].append(dst)
+        ends = {k: [n for n, v in nodes.items() if type(v).__name__ == k] for k in ("Input", "Output")}
+        if len(ends["Input"]) != 1 or len(ends["Output"]) != 1:
+            raise ValueError(f"the NIR graph needs one Input and one Output node, got {ends}")
+        self.input_shape = tuple(int(v) for v in nodes[ends["Input"][0]].input_type["input"])
+        units, owner = self._build_units(nodes, inputs, outputs, dt, dtype)
+        orphans = [u.name for u in units.values() if u.kind != "input" and not u.sources]
+        if orphans:
+            raise ValueError(f"NIR nodes without incoming edges: {orphans[:5]}")
+        for u in units.values():
+            u.sources = list(dict.fromkeys(owner[s] for s in u.sources))  # a K-level MLF counts once
+        self._plan = _order(units)
+        self._output = ends["Output"][0]
+
+    def _build_units(self, nodes: dict, inputs: dict, outputs: dict, dt: float, dtype: torch.dtype) -> tuple:
+        units: dict[str, _Unit] = {}
+        owner: dict[str, str] = {}
+        neurons = []
+        for name, node in nodes.items():
+            kind = type(node).__name__
+            if kind in ("LIF", "IF"):
+                neurons.append(_neuron(name, node, dt))
+                continue
+            role = {"Input": "input", "Output": "output"}.get(kind, "stateless")
+            module = _stateless(kind, node, dtype) if role == "stateless" else None
+            units[name] = _Unit(name, role, inputs[name], module)
+            owner[name] = name
+            if module is not None:
+                self._install(name, module)
+        for name, mlf, gain, members in _groups(neurons, inputs, outputs):
+            scale = None if gain == 1.0 else _Elementwise("scale", torch.tensor(gain, dtype=dtype))
+            name = self._install(name, mlf, taken=units)
+            if scale is not None:
+                self._install(f"{name}_gain", scale)
+            units[name] = _Unit(name, "neuron", inputs[members[0]], mlf, scale)
+            owner.update(dict.fromkeys(members, name))
+        return units, owner
+
+    def _install(self, path: str, module: nn.Module, taken: Sequence[str] = ()) -> str:
+        """Place ``module`` at the dotted ``path`` (its name in the exported model), else a flat name."""
+        if path not in taken:
+            parent, parts = self, path.split(".")
+            try:
+                for part in parts[:-1]:
+                    if part not in parent._modules:
+                        parent.add_module(part, nn.Module())
+                    parent = parent._modules[part]
+                if parts[-1] not in parent._modules:
+                    parent.add_module(parts[-1], module)
+                    return path
+            except (KeyError, TypeError):  # a name torch refuses: an attribute, an empty part
+                pass
+        flat = re.sub(r"\W", "_", path)
+        while hasattr(self, flat) or flat in taken:
+            flat += "_"
+        self.add_module(flat, module)
+        return flat
+
+    def steps(self, x: Tensor) -> Tensor:
+        """The Output node's values at every step, ``[T, B, ...]``."""
+        if x.dim() != 2 + len(self.input_shape) or tuple(x.shape[2:]) != self.input_shape:
+            raise ValueError(
+                f"expected input [T, B, {', '.join(map(str, self.input_shape))}], got shape {tuple(x.shape)}"
+            )
+        values: dict[str, Tensor] = {}
+        last_use = {s: i for i, u in enumerate(self._plan) for s in u.sources}
+        for i, unit in enumerate(self._plan):
+            if unit.kind == "input":
+                values[unit.name] = x
+                continue
+            h = values[unit.sources[0]]
+            for s in unit.sources[1:]:
+                h = h + values[s]
+            if unit.kind == "stateless":
+                h = unit.module(h.flatten(0, 1)).unflatten(0, h.shape[:2])
+            elif unit.kind == "neuron":
+                h = unit.module(h if unit.gain is None else unit.gain(h))
+            values[unit.name] = h
+            for s in unit.sources:  # free what no later unit reads
+                if last_use[s] == i:
+                    del values[s]
+        return values[self._output]
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.steps(x)
+        # Sum step by step, then divide: SpikingResNet's order of operations, so logits match it.
+        total = out[0].clone()
+        for t in range(1, out.shape[0]):
+            total += out[t]
+        return total / out.shape[0]
+
+
+def _order(units: dict[str, _Unit]) -> list[_Unit]:
+    """Units in an order where every unit comes after its sources (the graph must be acyclic)."""
+    done: set[str] = set()
+    plan: list[_Unit] = []
+    pending = list(units.values())
+    while pending:
+        ready = [u for u in pending if all(s in done for s in u.sources)]
+        if not ready:
+            raise ValueError(f"the NIR graph has a cycle through {sorted(u.name for u in pending)[:5]}")
+        for u in ready:
+            done.add(u.name)
+        plan += ready
+        pending = [u for u in pending if u.name not in done]
+    return plan

@@ -1,0 +1,126 @@
+"""Export a saved checkpoint to a NIR file (the work behind ``snn-export``; docs/export.md).
+
+The model is rebuilt from the config stored in the checkpoint, as ``snn-eval`` does, but without
+loading a dataset: the input channels and classes are read from the checkpoint's own weights and
+the image size from the config, so a checkpoint exports on a machine that has none of its data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from ..data import DataInfo
+from ..errors import CheckpointError, ConfigError
+from ..nn import from_nir, to_nir
+from ..nn.nir import DEFAULT_DT
+from .builders import build_model
+from .checkpoint import load_checkpoint
+from .config import validate
+from .evaluate import _merge, check_writable
+
+__all__ = ["default_export_path", "export_checkpoint", "input_shape"]
+
+# Datasets whose image size is fixed by the data rather than set by ``dataset.size``.
+FIXED_SIZES = {"cifar10": 32}
+
+
+def default_export_path(checkpoint: Path) -> Path:
+    """``<run dir>/model.nir`` for a checkpoint inside a run directory, else ``model.nir``."""
+    run_dir = checkpoint.resolve().parent.parent
+    return run_dir / "model.nir" if (run_dir / "checkpoints").is_dir() else Path("model.nir")
+
+
+def input_shape(cfg: Any, weights: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """``(C, H, W)`` of one time step: C from the stem convolution, the size from the config."""
+    stem = weights.get("conv1.weight")
+    if stem is None or stem.dim() != 4:
+        raise CheckpointError("checkpoint has no stem convolution conv1.weight [C_out, C_in, 3, 3]")
+    size = cfg.dataset.get("size") or FIXED_SIZES.get(str(cfg.dataset.name))
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(
+            f"dataset.size={size!r} is invalid: the export needs the input size (an integer >= 1)"
+        )
+    return int(stem.shape[1]), size, size
+
+
+def _build(cfg: Any, weights: dict[str, torch.Tensor], shape: tuple[int, int, int], path: Path) -> Any:
+    fc = weights.get("fc.weight")
+    if fc is None or fc.dim() != 2:
+        raise CheckpointError(f"checkpoint {path} has no classifier fc.weight [classes, features]")
+    # Only what build_model reads matters here; sample counts are unknown without the data.
+    info = DataInfo(str(cfg.dataset.name), int(fc.shape[0]), shape[0], shape[1:], True, 0, 0)
+    model = build_model(cfg, info)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the configured model: {str(exc).splitlines()[0]}"
+        ) from None
+    return model.eval()
+
+
+def _write(graph: Any, out: Path) -> None:
+    """``nir.write`` to a temporary file beside ``out``, then rename: never half a file at ``out``."""
+    import nir
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        nir.write(tmp, graph)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise ConfigError(f"out={out} cannot be written: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def export_checkpoint(
+    checkpoint: Path, overrides: list[str], out: Path | None = None, dt: float = DEFAULT_DT
+) -> dict[str, Any]:
+    """Write ``checkpoint``'s model as a NIR graph to ``out`` and return a summary.
+
+    The summary's ``max_abs_logit_diff`` compares the model with the graph run back through
+    :func:`~mlfsnn.nn.from_nir` on one random input (T from the config, batch 1, float32): ~1e-7
+    normally; larger only when rounding moved a potential across a threshold (docs/export.md).
+    """
+    try:
+        import nir  # noqa: F401  (checked before any work: the export cannot run without it)
+    except ImportError:
+        raise ConfigError("NIR export needs the nir package: pip install 'nir>=1.0.8,<2'") from None
+    if not (isinstance(dt, (int, float)) and 0 < dt < math.inf):
+        raise ConfigError(f"dt={dt!r} is invalid: expected a finite number > 0")
+    out = out or default_export_path(checkpoint)
+    check_writable(out)
+    state = load_checkpoint(checkpoint)
+    cfg = OmegaConf.create(state["config"])
+    _merge(cfg, overrides)
+    validate(cfg)
+    shape = input_shape(cfg, state["model"])
+    model = _build(cfg, state["model"], shape, checkpoint)
+    graph = to_nir(model, shape, dt=dt)
+    graph.metadata["time_steps"] = int(cfg.time_steps)  # what the model was trained / configured with
+    _write(graph, out)
+    x = torch.rand(int(cfg.time_steps), 1, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (from_nir(graph, dt)(x) - model(x)).abs().max().item()
+    kinds = sorted({type(n).__name__ for n in graph.nodes.values()})
+    return {
+        "checkpoint": str(checkpoint.resolve()),
+        "out": str(out),
+        "input_shape": list(shape),
+        "time_steps": int(cfg.time_steps),
+        "dt": dt,
+        "nodes": len(graph.nodes),
+        "edges": len(graph.edges),
+        "node_types": kinds,
+        "max_abs_logit_diff": diff,
+    }
