@@ -56,6 +56,14 @@ class _Pending:
         self.correct.append((logits.detach().argmax(1) == y).sum())
         self.sizes.append(y.shape[0])
 
+    def read(self) -> tuple[list[float], list[float]]:
+        """The pending losses and correct counts as Python numbers: one device-to-host copy."""
+        if not self.losses:
+            return [], []
+        n = len(self.losses)
+        both = torch.cat([torch.stack(self.losses), torch.stack(self.correct).float()]).tolist()
+        return both[:n], both[n:]
+
 
 def _flush(
     pending: _Pending,
@@ -67,12 +75,7 @@ def _flush(
 ) -> bool:
     """Read the pending steps (one device-to-host copy), add them to ``progress`` and agree across
     ranks (one all-reduce) on a non-finite loss (raised) and on a stop request (returned)."""
-    losses: list[float] = []
-    correct: list[float] = []
-    if pending.losses:
-        n = len(pending.losses)
-        both = torch.cat([torch.stack(pending.losses), torch.stack(pending.correct).float()]).tolist()
-        losses, correct = both[:n], both[n:]
+    losses, correct = pending.read()
     bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
     flags = [float(bad is not None), float(guard is not None and guard.requested)]
     if ctx.world_size > 1:
@@ -188,7 +191,8 @@ def evaluate(
     """``<split>_loss``, ``<split>_acc`` (%) and, when ``observe``, per-layer firing rate, dormant
     ratio, SOPs and the energy estimate (:meth:`~mlfsnn.nn.observe.SynapticOps.energy_metrics`)."""
     model.eval()
-    total_loss = correct = seen = 0.0
+    seen = 0.0
+    pending = _Pending()  # batch sums stay on the device: one host read after the last batch
     monitor, sops = NeuronMonitor(model, dormant=True), SynapticOps(model)
     with contextlib.ExitStack() as stack:
         if observe:
@@ -198,10 +202,10 @@ def evaluate(
             x, y = ctx.to_model_input(x), y.to(ctx.device, non_blocking=True)
             with ctx.autocast():
                 logits = model(x)
-            total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
+            pending.add(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y)
             seen += y.shape[0]
-    total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], ctx.device)
+    losses, hits = pending.read()
+    total_loss, correct, seen = all_reduce_sum([sum(losses), sum(hits), seen], ctx.device)
     seen = max(seen, 1.0)
     out: dict[str, Any] = {f"{split}_loss": total_loss / seen, f"{split}_acc": 100.0 * correct / seen}
     if observe:
