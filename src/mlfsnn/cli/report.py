@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     result = user_errors_exit(lambda: _report(args))
     print(result["table"])
+    for line in result.get("best_trials", []):  # Optuna sweeps
+        print(line)
     for path in result["written"]:
         print(f"wrote {path}")
     return 0

@@ -7,10 +7,12 @@ torchrun --nproc_per_node=4 -m mlfsnn.train ...    # data parallel (the same pro
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -22,6 +24,7 @@ from ..runner.schema import check_overrides
 from ..runner.trainer import train
 from ._common import fail, one_line, user_errors_exit
 
+EXIT_NON_FINITE = 3  # the loss became non-finite (train() exits with it after writing the summary)
 EXIT_PEER_LOST = 4  # another process of a torchrun job died or hung
 
 log = logging.getLogger("mlfsnn")
@@ -52,7 +55,7 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     if rank0:
         print(f"run directory: {run_dir}", file=sys.stderr)
     try:
-        summary = train(cfg, run_dir)
+        summary = _train(cfg, run_dir)
     except UserError as exc:
         _log_to_files(f"error: {one_line(exc)}")
         created = created_run_dir()
@@ -73,9 +76,37 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             raise SystemExit(0)
     elif rank0:
         print(f"run directory: {run_dir}", file=sys.stderr)
-    # The sweep objective: validation accuracy when there is a split, else the paper's best test.
+    return objective(summary)
+
+
+def objective(summary: dict[str, Any]) -> float | None:
+    """What the task function returns: the sweep objective of a run, for a sweeper that reads one.
+
+    The best validation accuracy when there is a split (the Optuna preflight requires one), else the
+    paper's best test accuracy; ``None`` when the run evaluated nothing. Hydra ignores it otherwise.
+    """
     val = summary.get("best_val_acc")
     return val if val is not None else summary.get("best_test_acc")
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """:func:`train`, except that in an Optuna search a diverged trial is a result, not the end of it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return train(cfg, run_dir)
+    except SystemExit as exc:
+        sweeper = str(HydraConfig.get().sweeper.get("_target_", "")).lower()
+        if exc.code != EXIT_NON_FINITE or "optuna" not in sweeper or dist.env_rank() != 0:
+            raise
+    summary = json.loads((run_dir / "summary.json").read_text())  # written before the exit
+    summary["best_val_acc"] = summary.get("best_val_acc") or 0.0
+    print(
+        "the loss became non-finite: this trial counts with its best validation accuracy "
+        f"({summary['best_val_acc']:.2f}); the search goes on",
+        file=sys.stderr,
+    )
+    return summary
 
 
 def _overrides_of(args: list[str]) -> list[str] | None:

@@ -8,7 +8,8 @@ without ``summary.json`` (crashed, or still training) is reported as incomplete 
 ``metrics.jsonl`` and ``.hydra/config.yaml``.
 
 :mod:`.runs` reads and groups, :mod:`.tables` renders report.md / report.csv, :mod:`.plots` draws the
-PNGs. This package reads run directories only; it imports nothing that trains.
+PNGs, :mod:`.optuna` adds the best trial of Optuna sweeps (a report.md section, best_trial.csv).
+This package reads run directories only; it imports nothing that trains.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ReportError
+from .optuna import best_trial_csv, best_trial_lines, best_trial_markdown, find_best_trials, insert_section
 from .runs import Row, Run, build_rows, find_run_dirs, label_runs, load_paper_results, load_run
 from .tables import csv_rows, markdown, markdown_table
 
@@ -39,7 +41,8 @@ def report(dirs: list[Path], out: Path | None = None) -> dict[str, Any]:
     """Find, group and write everything; returns what was written. Raises :class:`ReportError`.
 
     ``out`` defaults to ``<common parent of dirs>/report``. The result holds ``table`` (the Markdown
-    summary table), ``written`` (paths), ``rows`` and ``runs``.
+    summary table), ``best_trials`` (a line per Optuna sweep found, see :mod:`.optuna`), ``written``
+    (paths), ``rows`` and ``runs``.
     """
     for d in dirs:
         if not d.is_dir():
@@ -63,8 +66,16 @@ def report(dirs: list[Path], out: Path | None = None) -> dict[str, Any]:
 
     plots = make_plots(rows, keys, out)
     sources = [d.resolve().name or str(d) for d in dirs]
-    (out / "report.md").write_text(markdown(rows, keys, runs, paper, plots, sources).rstrip() + "\n")
+    trials = find_best_trials(dirs, runs)  # Optuna sweeps: their optimization_results.yaml
+    text = insert_section(markdown(rows, keys, runs, paper, plots, sources), best_trial_markdown(trials))
+    (out / "report.md").write_text(text.rstrip() + "\n")
     with open(out / "report.csv", "w", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows(csv_rows(rows, keys))
-    written = [out / "report.md", out / "report.csv"] + [p.path for p in plots if p.path is not None]
-    return {"table": markdown_table(rows, keys), "written": written, "rows": rows, "runs": runs}
+    written = [out / "report.md", out / "report.csv"]
+    if trials:
+        with open(out / "best_trial.csv", "w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(best_trial_csv(trials))
+        written.append(out / "best_trial.csv")
+    written += [p.path for p in plots if p.path is not None]
+    table, best = markdown_table(rows, keys), best_trial_lines(trials)
+    return {"table": table, "best_trials": best, "written": written, "rows": rows, "runs": runs}

@@ -12,11 +12,12 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from omegaconf import OmegaConf
 
 from ..errors import UserError
 
@@ -27,12 +28,16 @@ __all__ = [
     "atomic_write",
     "environment",
     "git_commit",
+    "log_eval_run",
     "os_reason",
     "remove_stale_temporaries",
+    "wandb_defaults",
     "write_json",
 ]
 
 log = logging.getLogger("mlfsnn")
+
+_GROUP_MAX = 128  # wandb refuses longer group names; a long path keeps its end (the sweep's own folder)
 
 
 def _clean(value: Any) -> Any:
@@ -217,13 +222,28 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 class WandbLogger:
-    """A thin wrapper that is a no-op when disabled; wandb is imported only when enabled."""
+    """A thin wrapper that is a no-op when disabled; wandb is imported only when enabled.
+
+    ``group`` and ``tags`` are this program's defaults (see :func:`wandb_defaults`): a
+    ``logger.wandb.group`` set by the user wins, and ``logger.wandb.tags`` are added to ``tags``.
+    ``job_type`` is ``train`` for snn-train, ``eval`` for snn-eval.
+    """
 
     def __init__(
-        self, cfg: Any, run_dir: Path, config: dict[str, Any], name: str, run_id: str | None = None
+        self,
+        cfg: Any,
+        run_dir: Path,
+        config: dict[str, Any],
+        name: str,
+        run_id: str | None = None,
+        *,
+        group: str | None = None,
+        job_type: str = "train",
+        tags: Sequence[str] = (),
     ) -> None:
         """``run_id``: continue that wandb run (a resumed training run keeps one wandb history)."""
         self.run = None
+        self.identity: dict[str, Any] | None = None  # what an eval run needs to join this one
         if cfg is None or not cfg.enabled:
             return
         mode = cfg.mode or os.environ.get("WANDB_MODE") or "offline"
@@ -231,11 +251,14 @@ class WandbLogger:
             raise ValueError(f"logger.wandb.mode={mode!r} is invalid: expected online, offline or disabled")
         import wandb
 
+        group = (str(cfg.group) if cfg.group else group or "")[-_GROUP_MAX:] or None
+        tags = list(dict.fromkeys([*tags, *(str(t) for t in cfg.tags or [])]))  # once each, in order
         self.run = wandb.init(
             project=cfg.project,
             entity=cfg.entity,
-            group=cfg.group,
-            tags=list(cfg.tags or []),
+            group=group,
+            job_type=job_type,
+            tags=tags,
             name=name,
             config=config,
             dir=str(run_dir),
@@ -244,6 +267,7 @@ class WandbLogger:
             id=run_id,
             resume="allow" if run_id else None,
         )
+        self.identity = {"id": self.run.id, "name": name, "group": group, "tags": tags}
 
     @property
     def run_id(self) -> str | None:
@@ -267,3 +291,54 @@ class WandbLogger:
                         self.run.summary[k] = v
             self.run.finish(exit_code=exit_code)
             self.run = None
+
+
+def wandb_defaults(run_dir: Path) -> dict[str, Any]:
+    """The wandb ``group`` and ``tags`` of a run Hydra launched (``run_dir`` and none outside Hydra).
+
+    The runs of one multirun share a group, the sweep directory (``hydra.sweep.dir``); a single run
+    is a group of its own, named by its run directory, so that its snn-eval runs join it. Tags name
+    the ``+experiment`` and ``+variant`` presets chosen (``experiment=digits``).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {"group": str(run_dir), "tags": []}
+    hc = HydraConfig.get()
+    group = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir
+    choices = hc.runtime.choices
+    tags = [f"{key}={choices[key]}" for key in ("experiment", "variant") if choices.get(key)]
+    return {"group": str(group), "tags": tags}
+
+
+def log_eval_run(
+    cfg: Any, saved: dict[str, Any], result: dict[str, Any], folder: Path, overrides: Sequence[str]
+) -> str | None:
+    """snn-eval's wandb run, when ``cfg`` (the checkpoint's config after overrides) has wandb enabled.
+
+    A new run, not the training run resumed: named ``<training run name>-eval``, ``job_type=eval``, in
+    the training run's group with its tags (recorded in the checkpoint as ``wandb_run``), and
+    ``eval.train_run_id`` in its config. The mode: a ``logger.wandb.mode`` override, else
+    ``$WANDB_MODE``, else the training run's. Returns the eval run's id (``None`` when disabled).
+    """
+    wandb_cfg = OmegaConf.select(cfg, "logger.wandb")
+    if wandb_cfg is None or not wandb_cfg.enabled:
+        return None
+    if os.environ.get("WANDB_MODE") and not any("logger.wandb.mode=" in o for o in overrides):
+        wandb_cfg.mode = os.environ["WANDB_MODE"]
+    train = saved.get("wandb_run") or {}
+    link = {"checkpoint": result.get("checkpoint"), "overrides": list(overrides)}
+    link["train_run_id"] = train.get("id") or saved.get("wandb_id")
+    config = {**OmegaConf.to_container(cfg, resolve=True), "eval": link}
+    name = f"{train.get('name') or cfg.name}-eval"
+    group = train.get("group") or str(folder)
+    logger = WandbLogger(
+        wandb_cfg, folder, config, name, group=group, job_type="eval", tags=train.get("tags") or ()
+    )
+    run_id = logger.run_id
+    numbers = (int, float, dict)
+    scalars = {k: v for k, v in result.items() if isinstance(v, numbers) and not isinstance(v, bool)}
+    logger.log(scalars, step=int(result.get("epoch") or 0))
+    logger.finish({k: v for k, v in scalars.items() if not isinstance(v, dict)})
+    return run_id

@@ -7,7 +7,8 @@ function, so checks made there are too late. :class:`Preflight` is a Hydra callb
 * a single run: the config is validated, and the run directory is claimed (created, locked, checked
   for a previous run; see :mod:`mlfsnn.runner.rundir`);
 * a sweep: every point of the sweep is composed and validated before the first job starts, and the
-  points' directories are checked for previous runs, so one bad point refuses the whole sweep.
+  points' directories are checked for previous runs, so one bad point refuses the whole sweep; an
+  Optuna search has its search space checked instead (:mod:`.search_space`).
 
 Refusals print one line and exit with code 2 (``SystemExit`` passes through Hydra's reporting).
 """
@@ -25,6 +26,7 @@ from ..errors import UserError, exit_with, one_line
 from . import distributed as dist
 from .config import check_memory, validate
 from .rundir import claim_run_dir, move_previous_run, run_files
+from .search_space import check_objective, is_optuna, search_space_jobs
 
 __all__ = ["Preflight", "created_run_dir", "register_resolvers"]
 
@@ -66,13 +68,19 @@ class Preflight:
             jobs = _sweep_jobs(config)
         except UserError as exc:
             exit_with(one_line(exc))
-        for num, (overrides, job) in enumerate(jobs):
-            where = f"sweep point {num} ({' '.join(overrides) or 'no overrides'})"
+        optuna = is_optuna(config)
+        for where, job in jobs:
             try:
                 validate(job)
                 check_memory(job)
+                if optuna:
+                    check_objective(config, job)
             except UserError as exc:
                 exit_with(f"{where}: {one_line(exc)}; nothing was run")
+        # Optuna's trials are numbered 0..n_trials-1 as they start; each basic sweep point has its own.
+        trials = range(int(config.hydra.sweeper.n_trials)) if optuna else ()
+        numbered = [(f"trial {n}", jobs[0][1]) for n in trials] if optuna else jobs
+        for num, (where, job) in enumerate(numbered):
             with open_dict(job):
                 job.hydra.job.num = num
             job_dir = Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir)
@@ -92,10 +100,11 @@ class Preflight:
     def on_job_end(self, **_: Any) -> None: ...
 
 
-def _sweep_jobs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
-    """Every job config the basic sweeper will launch, composed the way it composes them.
+def _sweep_jobs(config: DictConfig) -> list[tuple[str, DictConfig]]:
+    """``(where, job config)`` for every job the basic sweeper will launch, composed as it does.
 
-    Other sweepers (Optuna) choose points as they go: only their base config can be checked here.
+    Optuna chooses points as it goes: its search space is checked (:mod:`.search_space`); of other
+    sweepers only the base config can be checked here.
     """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
@@ -104,11 +113,16 @@ def _sweep_jobs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     loader = GlobalHydra.instance().config_loader()
     sweeper = config.hydra.sweeper
     task = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False) or [])
+    if is_optuna(config):
+        return search_space_jobs(config, loader, task)
     if "BasicSweeper" not in str(sweeper.get("_target_", "")):
-        return [([], loader.load_sweep_config(config, [o for o in task if "," not in o]))]
+        return [("the base config", loader.load_sweep_config(config, [o for o in task if "," not in o]))]
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + task
     overrides = OverridesParser.create(config_loader=loader).parse_overrides(params)
     batches = BasicSweeper.split_arguments(overrides, None)[0]
     if len(batches) > int(os.environ.get("MLFSNN_PREFLIGHT_MAX_JOBS", "1000")):
         batches = batches[:1]  # a huge grid: check the first point only rather than stall here
-    return [(list(b), loader.load_sweep_config(config, list(b))) for b in batches]
+    return [
+        (f"sweep point {n} ({' '.join(b) or 'no overrides'})", loader.load_sweep_config(config, list(b)))
+        for n, b in enumerate(batches)
+    ]

@@ -33,7 +33,15 @@ from .checkpoint import (
 from .config import check_memory, validate
 from .context import Context, format_row, seed_everything
 from .loop import EpochProgress, NonFiniteLoss, epoch_metrics, evaluate, train_one_epoch
-from .outputs import MetricsLog, WandbLogger, add_file_log, environment, remove_stale_temporaries, write_json
+from .outputs import (
+    MetricsLog,
+    WandbLogger,
+    add_file_log,
+    environment,
+    remove_stale_temporaries,
+    wandb_defaults,
+    write_json,
+)
 from .preemption import PreemptionGuard
 from .resume import IncompatibleCheckpoint, check_same_trajectory, load_init_weights
 from .rundir import check_writable_dir, claim_run_dir, release_run_dir
@@ -172,7 +180,9 @@ class Trainer:
         st, main = self.state, self.ctx.main_rank
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl" if main else None, st.history)
         wandb_cfg = self.cfg.logger.wandb if main else None
-        self.wandb = WandbLogger(wandb_cfg, self.run_dir, self.resolved, self.cfg.name, st.wandb_id)
+        # job_type train; one group per multirun, its sweep directory (see wandb_defaults)
+        name, defaults = self.cfg.name, wandb_defaults(self.run_dir)
+        self.wandb = WandbLogger(wandb_cfg, self.run_dir, self.resolved, name, st.wandb_id, **defaults)
         st.wandb_id = self.wandb.run_id  # checkpoints carry it: a resumed run continues this wandb run
         self.t0 = time.perf_counter()
         with PreemptionGuard() as self.guard:
@@ -271,6 +281,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             **st.checkpoint_fields(self.metrics.history, progress),
             "rng": capture_rng(),
+            "wandb_run": self.wandb.identity,  # snn-eval's wandb run joins this one's group
             "config": self.resolved,
             "num_params": self.num_params,
         }
@@ -328,7 +339,19 @@ class Trainer:
             "wall_time_s": time.perf_counter() - self.t0,
             **{
                 k: last_eval.get(k)
-                for k in ("firing_rate", "dormant_ratio", "sops_per_sample", "ann_macs_per_sample")
+                for k in (
+                    "firing_rate",
+                    "dormant_ratio",
+                    "sops_per_sample",
+                    "sops_per_event_sample",
+                    "snn_macs_per_sample",
+                    "ann_macs_per_sample",
+                    "energy_pj_per_sample",
+                    "energy_event_pj_per_sample",
+                    "ann_energy_pj_per_sample",
+                    "energy_ratio",
+                    "energy_ratio_event",
+                )
             },
             "world_size": self.ctx.world_size,
             **environment(self.ctx.device),
