@@ -3,9 +3,15 @@
 Neuron: the naive reference, the vectorised PyTorch path and the fused kernel, forward (no grad)
 and forward+backward, for several T and K. Training step (forward, cross-entropy, backward, SGD):
 the SNN with its default (fused) neuron against twins whose MLF modules are swapped for ReLU, for
-the vectorised path and for the naive reference. All variants of one config are timed interleaved in
-one process (repeat r of every variant before repeat r+1), so background load hits them alike;
-median and min of the repeats are reported.
+the vectorised path and for the naive reference; the ``*_compiled`` variants are ``torch.compile`` of
+the MLF net and of its ReLU twin (compile time reported apart, excluded from the step times). All
+variants of one config are timed interleaved in one process (repeat r of every variant before repeat
+r+1), so background load hits them alike; median and min of the repeats are reported. Compiled
+variants get no memory figure here (the memory child would have to compile again; the GPU check
+measures theirs in-process).
+
+``python -m mlfsnn.bench.gpu_check`` (``scripts/gpu_check.sh``) is the one-call check for a CUDA
+machine: kernel parity, these benchmarks at the paper's batch sizes, projected epoch times.
 
 Peak memory. CPU: torch's allocations are invisible to ``tracemalloc``, so a child process measures
 the resident set: it starts with ``MALLOC_MMAP_THRESHOLD_=65536`` (glibc then serves every tensor
@@ -25,12 +31,23 @@ import torch
 
 from .markdown import to_markdown
 from .neuron import IMPLS, neuron_benchmark
-from .steps import VARIANTS, make_twin, memory_benchmark, train_benchmark
+from .steps import (
+    ALL_VARIANTS,
+    COMPILED_VARIANTS,
+    VARIANTS,
+    CompileOptions,
+    make_twin,
+    memory_benchmark,
+    train_benchmark,
+)
 from .timing import machine_info
 
 __all__ = [
+    "ALL_VARIANTS",
+    "COMPILED_VARIANTS",
     "IMPLS",
     "VARIANTS",
+    "CompileOptions",
     "machine_info",
     "make_twin",
     "neuron_benchmark",
@@ -58,8 +75,12 @@ def run(
     neuron: bool = True,
     train: bool = True,
     memory: bool = True,
+    compile_opts: CompileOptions | None = None,
 ) -> dict[str, Any]:
-    """Run the selected benchmarks on ``device`` and return one JSON-ready result."""
+    """Run the selected benchmarks on ``device`` and return one JSON-ready result.
+
+    ``compile_opts``: how ``*_compiled`` variants (in ``variants``) are compiled.
+    """
     repeats = repeats or (1 if quick else 5)
     if quick:
         neuron_cfgs, neuron_shape, train_cfgs = [(4, 3)], (2, 4, 8, 8), QUICK_TRAIN
@@ -68,12 +89,15 @@ def run(
         neuron_shape, train_cfgs = (4, 16, 32, 32), TRAIN_CONFIGS["cuda" if device.type == "cuda" else "cpu"]
     if nets:
         train_cfgs = [c for c in train_cfgs if c[0] in nets]
-    settings = {"quick": quick, "repeats": repeats, "variants": list(variants)}
+    settings: dict[str, Any] = {"quick": quick, "repeats": repeats, "variants": list(variants)}
+    if any(v in COMPILED_VARIANTS for v in variants):
+        opts = compile_opts or CompileOptions()
+        settings["compile"] = {"backend": opts.backend, "fullgraph": opts.fullgraph, "mode": opts.mode}
     result: dict[str, Any] = {"machine": machine_info(device), "settings": settings}
     if neuron:
         result["neuron"] = neuron_benchmark(device, neuron_cfgs, neuron_shape, repeats)
     if train:
-        result["train"] = train_benchmark(device, train_cfgs, variants, repeats, quick)
+        result["train"] = train_benchmark(device, train_cfgs, variants, repeats, quick, compile_opts)
         if memory:
             mem_cfgs = train_cfgs[:1] if quick else train_cfgs
             result["memory"] = memory_benchmark(device, mem_cfgs, variants, threads, quick)

@@ -14,7 +14,7 @@ import torch
 
 from .. import kernels
 
-__all__ = ["interleaved", "machine_info", "stats", "time_call"]
+__all__ = ["interleaved", "machine_info", "stats", "sync", "time_call", "wall_call"]
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -42,9 +42,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def time_call(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds for one call; CUDA events on a GPU so only device time after a sync counts."""
+    """Seconds for one call; on a GPU, CUDA events after draining the queue, so the time is the GPU
+    timeline from the call's first launch to its last kernel's end (idle gaps while Python launches
+    included: a launch-bound call is not reported faster than it runs)."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)  # earlier work (warm-ups) must not hide this call's launches
         start.record()
         fn()
         end.record()
@@ -55,11 +58,27 @@ def time_call(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def wall_call(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall-clock seconds for one call, the device drained before and after (compile time, first steps)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def interleaved(
-    fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device
+    fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
 ) -> dict[str, list[float]]:
-    for fn in fns.values():  # warm-up: kernel build, allocator, lazy init
-        fn()
+    """``repeats`` timings per function, repeat r of every function before repeat r+1."""
+    for _ in range(warmup):  # kernel build, allocator, lazy init, autotuning
+        for fn in fns.values():
+            fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():

@@ -2,6 +2,7 @@
 
     snn-bench                 # the full CPU benchmark (about 7 minutes on 2 cores)
     snn-bench --quick         # tiny sizes, seconds (a smoke test of the benchmark itself)
+    snn-bench --compile       # also torch.compile'd MLF and ReLU nets (compile time reported apart)
 
 See :mod:`mlfsnn.bench` for what is measured and how.
 """
@@ -19,6 +20,8 @@ from ._common import user_errors_exit
 
 NETS = ("dvs_gesture", "cifar10", "cifar10_dvs")
 VARIANTS = ("mlf", "relu", "vectorized", "reference")
+# As mlfsnn.bench.COMPILED_VARIANTS (not imported here: --help stays light).
+COMPILED = ("mlf_compiled", "relu_compiled")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, quick 1)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS + COMPILED)
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="add mlf_compiled and relu_compiled: torch.compile'd nets (inductor on CPU: ~1 min per net)",
+    )
+    p.add_argument(
+        "--fullgraph", action="store_true", help="torch.compile(fullgraph=True): fail on a graph break"
+    )
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     p.add_argument("--nets", nargs="+", default=None, choices=NETS, help="subset of the paper nets")
     p.add_argument("--skip-neuron", action="store_true")
     p.add_argument("--skip-train", action="store_true")
@@ -52,6 +64,8 @@ def run_bench(argv: Sequence[str] | None = None) -> dict[str, Any]:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"--device={name!r} is invalid: expected cpu, cuda or cuda:N") from None
+    variants = list(dict.fromkeys(args.variants + (list(COMPILED) if args.compile else [])))
+    opts = bench.CompileOptions(fullgraph=args.fullgraph, backend=args.compile_backend)
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
@@ -60,12 +74,13 @@ def run_bench(argv: Sequence[str] | None = None) -> dict[str, Any]:
             device,
             quick=args.quick,
             repeats=args.repeats,
-            variants=args.variants,
+            variants=variants,
             nets=args.nets,
             threads=args.threads,
             neuron=not args.skip_neuron,
             train=not args.skip_train,
             memory=not args.skip_memory,
+            compile_opts=opts,
         )
     finally:
         torch.set_num_threads(threads)  # called in-process (tests): leave the caller's setting alone
