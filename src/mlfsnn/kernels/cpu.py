@@ -45,7 +45,18 @@ __all__ = [
 # A real C file shipped as package data: readable, lintable by C tools, and hashed into the cache key.
 _SOURCE = (resources.files(__package__) / "mlf_kernel.c").read_text()
 
-_BASE_FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math"]
+# -fno-trapping-math: the kernel never inspects floating-point exception flags, and without it GCC
+# keeps ``fabsf(v) < half`` as control flow and leaves the backward loop scalar (3-4x slower on AVX2).
+# It changes no result: values and rounding are those of -fno-fast-math.
+_BASE_FLAGS = [
+    "-O3",
+    "-std=c99",
+    "-shared",
+    "-fPIC",
+    "-ffp-contract=off",
+    "-fno-fast-math",
+    "-fno-trapping-math",
+]
 # Tried in order: the first set that compiles wins (no -march=native or no OpenMP on odd toolchains).
 _FLAG_SETS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
 
