@@ -33,6 +33,7 @@ def test_compile_flag_adds_compiled_twins(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_compiled_step_with_inductor_on_cpu(tmp_path: Path) -> None:
     """Inductor on CPU fp32 with layout optimisation off (a channels-last oneDNN backward crashes)."""
     assert main([*QUICK_TRAIN, "--variants", "mlf", "mlf_compiled", "--out", str(tmp_path)]) == 0

@@ -153,6 +153,7 @@ def test_train_section_eager_and_compiled(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_cpu_smoke_end_to_end_through_the_script(tmp_path: Path) -> None:
     """Every section in its own process, as on a GPU (about 3 minutes on a loaded 2-core machine)."""
     proc = _script("out", "--cpu-smoke", cwd=tmp_path, OMP_NUM_THREADS="1")
@@ -178,6 +179,7 @@ def test_cpu_smoke_end_to_end_through_the_script(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_parity_section_runs_the_triton_kernels_in_the_interpreter(tmp_path: Path) -> None:
     """TRITON_INTERPRET=1: the CUDA kernels' parity cases on CPU tensors, through the check's harness."""
     pytest.importorskip("triton")

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import MLF, create_model
+from ..nn.fused import fusion
 from ..nn.neurons import mlf
 from .timing import interleaved, stats, wall_call
 
@@ -39,7 +40,8 @@ __all__ = [
     "train_setup",
 ]
 
-VARIANTS = ("mlf", "relu", "vectorized", "reference")
+# mlf_unfused: the fused kernel with tdBN run separately before it (what the fusion saves).
+VARIANTS = ("mlf", "mlf_unfused", "relu", "vectorized", "reference")
 COMPILED_VARIANTS = ("mlf_compiled", "relu_compiled")  # torch.compile of the eager twin
 ALL_VARIANTS = VARIANTS + COMPILED_VARIANTS
 QUICK_OVERRIDES = {"depth": 8, "widths": (4, 8, 16)}
@@ -73,7 +75,7 @@ class _NeuronTwin(nn.Module):
 def make_twin(model: nn.Module, variant: str) -> nn.Module:
     """A copy of ``model`` whose MLF modules are replaced according to ``variant`` (see VARIANTS)."""
     twin = copy.deepcopy(model)
-    if variant == "mlf":
+    if variant in ("mlf", "mlf_unfused"):  # the same modules; mlf_unfused runs under fusion(False)
         return twin
     for parent in list(twin.modules()):
         for name, child in list(parent.named_children()):
@@ -133,9 +135,12 @@ def train_setup(
             )
 
         def step(
-            model: nn.Module = run_model, opt: torch.optim.Optimizer = opt, compiled: bool = compiled
+            model: nn.Module = run_model,
+            opt: torch.optim.Optimizer = opt,
+            compiled: bool = compiled,
+            fused: bool = base_variant(variant) != "mlf_unfused",
         ) -> None:
-            with _inductor_config(device) if compiled else contextlib.nullcontext():
+            with _inductor_config(device) if compiled else contextlib.nullcontext(), fusion(fused):
                 opt.zero_grad(set_to_none=True)
                 amp = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
                 with amp:

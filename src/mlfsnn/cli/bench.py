@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ._common import user_errors_exit
 
 NETS = ("dvs_gesture", "cifar10", "cifar10_dvs")
-VARIANTS = ("mlf", "relu", "vectorized", "reference")
+VARIANTS = ("mlf", "mlf_unfused", "relu", "vectorized", "reference")
 # As mlfsnn.bench.COMPILED_VARIANTS (not imported here: --help stays light).
 COMPILED = ("mlf_compiled", "relu_compiled")
 
