@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..errors import EXIT_USER_ERROR, UserError, exit_with, one_line
+from ..errors import EXIT_USER_ERROR, ConfigError, UserError, exit_with, one_line
 
-__all__ = ["EXIT_USER_ERROR", "fail", "one_line", "user_errors_exit"]
+__all__ = ["EXIT_USER_ERROR", "fail", "key_values", "one_line", "user_errors_exit"]
 
 T = TypeVar("T")
 
@@ -24,3 +24,28 @@ def user_errors_exit(fn: Callable[[], T]) -> T:
     except UserError as exc:
         exit_with(one_line(exc))
         raise AssertionError("unreachable") from None
+
+
+def key_values(
+    argv: list[str], own: tuple[str, ...], usage: str, doc: str | None
+) -> tuple[dict[str, str], list[str]]:
+    """Split ``key=value`` arguments into the command's ``own`` keys and config overrides (the rest).
+
+    ``--help`` prints ``usage`` and ``doc`` and exits 0; an argument without ``=`` is a ConfigError.
+    """
+    mine: dict[str, str] = {}
+    overrides: list[str] = []
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(usage + "\n\n" + (doc or ""))
+            raise SystemExit(0)
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"argument {arg!r} is invalid: expected key=value; {usage}")
+        if key in own:
+            mine[key] = value
+        else:
+            overrides.append(arg)
+    if "checkpoint" in own and "checkpoint" not in mine:
+        raise ConfigError(f"checkpoint is required; {usage}")
+    return mine, overrides

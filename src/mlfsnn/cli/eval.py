@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from ._common import user_errors_exit
+from ._common import key_values, user_errors_exit
 
 USAGE = (
     "usage: snn-eval checkpoint=<file or run dir> [key=value ...] [out=<eval.json path>] [plots=true|false]"
@@ -31,26 +31,12 @@ def parse(argv: list[str]) -> tuple[Path, Path | None, list[str], bool]:
     """``(checkpoint, out, overrides, plots)`` from ``key=value`` arguments; ``--help`` prints and exits 0."""
     from ..runner.evaluate import resolve_checkpoint
 
-    ckpt, out, overrides, plots = None, None, [], False
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            print(USAGE + "\n\n" + (__doc__ or ""))
-            raise SystemExit(0)
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ConfigError(f"argument {arg!r} is invalid: expected key=value; {USAGE}")
-        if key == "checkpoint":
-            ckpt = Path(value).expanduser()
-        elif key == "out":
-            out = Path(value).expanduser()
-        elif key == "plots":
-            if value.lower() not in ("true", "false"):
-                raise ConfigError(f"plots={value!r} is invalid: expected true or false")
-            plots = value.lower() == "true"
-        else:
-            overrides.append(arg)
-    if ckpt is None:
-        raise ConfigError(f"checkpoint is required; {USAGE}")
+    mine, overrides = key_values(argv, ("checkpoint", "out", "plots"), USAGE, __doc__)
+    out = Path(mine["out"]).expanduser() if "out" in mine else None
+    plots = mine.get("plots", "false")
+    if plots.lower() not in ("true", "false"):
+        raise ConfigError(f"plots={plots!r} is invalid: expected true or false")
+    plots, ckpt = plots.lower() == "true", Path(mine["checkpoint"]).expanduser()
     return resolve_checkpoint(ckpt), out, overrides, plots
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ._common import user_errors_exit
+from ._common import key_values, user_errors_exit
 
 USAGE = "usage: snn-export checkpoint=<file or run dir> [out=<file.nir>] [dt=<seconds>] [key=value ...]"
 
@@ -28,27 +28,15 @@ def parse(argv: list[str]) -> tuple[Path, Path | None, float | None, list[str]]:
     """``(checkpoint, out, dt, overrides)`` from ``key=value`` arguments; ``--help`` prints and exits 0."""
     from ..runner.evaluate import resolve_checkpoint
 
-    ckpt, out, dt, overrides = None, None, None, []
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            print(USAGE + "\n\n" + (__doc__ or ""))
-            raise SystemExit(0)
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ConfigError(f"argument {arg!r} is invalid: expected key=value; {USAGE}")
-        if key == "checkpoint":
-            ckpt = Path(value).expanduser()
-        elif key == "out":
-            out = Path(value).expanduser()
-        elif key == "dt":
-            try:
-                dt = float(value)
-            except ValueError:
-                raise ConfigError(f"dt={value!r} is invalid: expected a number > 0 (seconds)") from None
-        else:
-            overrides.append(arg)
-    if ckpt is None:
-        raise ConfigError(f"checkpoint is required; {USAGE}")
+    mine, overrides = key_values(argv, ("checkpoint", "out", "dt"), USAGE, __doc__)
+    out = Path(mine["out"]).expanduser() if "out" in mine else None
+    dt = None
+    if "dt" in mine:
+        try:
+            dt = float(mine["dt"])
+        except ValueError:
+            raise ConfigError(f"dt={mine['dt']!r} is invalid: expected a number > 0 (seconds)") from None
+    ckpt = Path(mine["checkpoint"]).expanduser()
     return resolve_checkpoint(ckpt), out, dt, overrides
 
 

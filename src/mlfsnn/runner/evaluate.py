@@ -68,6 +68,15 @@ def _merge(cfg: Any, overrides: list[str]) -> None:
         raise ConfigError(f"override {' '.join(overrides)!r} is invalid: {exc}".splitlines()[0]) from None
 
 
+def load_with_config(checkpoint: Path, overrides: list[str]) -> tuple[dict[str, Any], Any]:
+    """The checkpoint's state and its stored config with ``overrides`` applied, validated."""
+    state = load_checkpoint(checkpoint)
+    cfg = OmegaConf.create(state["config"])
+    _merge(cfg, overrides)
+    validate(cfg)
+    return state, cfg
+
+
 def run_eval(
     checkpoint: Path, overrides: list[str], out: Path | None = None, write: bool = True, plots: bool = False
 ) -> dict[str, Any]:
@@ -80,10 +89,7 @@ def run_eval(
     """
     out = out or default_out(checkpoint)
     check_writable(out)
-    state = load_checkpoint(checkpoint)
-    cfg = OmegaConf.create(state["config"])
-    _merge(cfg, overrides)
-    validate(cfg)
+    state, cfg = load_with_config(checkpoint, overrides)
     ctx = Context.create(cfg)
     _, test_set, info = build_datasets(cfg.dataset, cfg.time_steps)
     ctx.static = info.static

@@ -15,16 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from ..data import DataInfo
 from ..errors import CheckpointError, ConfigError
 from ..nn import from_nir, to_nir
 from ..nn.nir import DEFAULT_DT
 from .builders import build_model
-from .checkpoint import load_checkpoint
-from .config import validate
-from .evaluate import _merge, check_writable
+from .evaluate import check_writable, load_with_config
 
 __all__ = ["default_export_path", "export_checkpoint", "input_shape"]
 
@@ -100,10 +97,7 @@ def export_checkpoint(
         raise ConfigError(f"dt={dt!r} is invalid: expected a finite number > 0")
     out = out or default_export_path(checkpoint)
     check_writable(out)
-    state = load_checkpoint(checkpoint)
-    cfg = OmegaConf.create(state["config"])
-    _merge(cfg, overrides)
-    validate(cfg)
+    state, cfg = load_with_config(checkpoint, overrides)
     shape = input_shape(cfg, state["model"])
     model = _build(cfg, state["model"], shape, checkpoint)
     graph = to_nir(model, shape, dt=dt)
