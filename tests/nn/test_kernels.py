@@ -256,6 +256,6 @@ def test_bench_quick(tmp_path) -> None:
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["neuron"] and data["train"] and "memory" in data
-    assert {r["variant"] for r in data["train"]} == {"mlf", "relu", "vectorized", "reference"}
+    assert {r["variant"] for r in data["train"]} == {"mlf", "mlf_unfused", "relu", "vectorized", "reference"}
     assert "| dvs_gesture |" in (tmp_path / "bench.md").read_text()
     assert data["machine"]["torch"] == torch.__version__

@@ -65,19 +65,19 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _sigterm_at_step(monkeypatch: pytest.MonkeyPatch, step: int, sleep_after_first: float = 0.0) -> None:
     """Send this process SIGTERM right after training step ``step`` (the loop's stop check)."""
-    real = loop_module._agree
+    real = loop_module._flush
     count = {"n": 0}
 
-    def deliver(ctx, loss, guard):
+    def deliver(pending, progress, ctx, epoch, global_step, guard):
         if guard is not None:
             count["n"] += 1
             if count["n"] == 1 and sleep_after_first:
                 time.sleep(sleep_after_first)
             if count["n"] == step:
                 os.kill(os.getpid(), signal.SIGTERM)
-        return real(ctx, loss, guard)
+        return real(pending, progress, ctx, epoch, global_step, guard)
 
-    monkeypatch.setattr(loop_module, "_agree", deliver)
+    monkeypatch.setattr(loop_module, "_flush", deliver)
 
 
 # --- 1. a directory that holds a run is never overwritten -------------------------------------------
@@ -395,11 +395,11 @@ def test_fp16_on_cpu_warns_and_suggests_bf16(tmp_path: Path) -> None:
 
 
 def test_resumed_epoch_time_agrees_with_its_throughput(tmp_path: Path, monkeypatch) -> None:
-    real = loop_module._agree
+    real = loop_module._flush
     # the 0.5 s after step 1 is training time before the stop: it must count in the resumed epoch
     _sigterm_at_step(monkeypatch, 2, sleep_after_first=0.5)
     _run(tmp_path)
-    monkeypatch.setattr(loop_module, "_agree", real)
+    monkeypatch.setattr(loop_module, "_flush", real)
     _run(tmp_path, "trainer.resume=auto")
     (row,) = read_metrics(tmp_path, drop_timing=False)
     train_time = 96 / row["train_samples_per_s"]
@@ -453,7 +453,9 @@ def test_sigterm_stops_a_local_sweep_not_just_its_current_point(tmp_path: Path) 
     assert proc.returncode == 0, stderr[-2000:]
     assert "the sweep stops here" in stderr
     assert not (tmp_path / "s" / "1").exists()  # the next point never started
-    assert load_checkpoint(tmp_path / "s" / "0" / "checkpoints" / "last.pt")["in_epoch"] is not None
+    # The signal lands mid-epoch or during an epoch's evaluation and checkpoints: either way a stop.
+    assert json.loads((tmp_path / "s" / "0" / "summary.json").read_text())["status"] == "preempted"
+    assert load_checkpoint(tmp_path / "s" / "0" / "checkpoints" / "last.pt")["config"]
 
 
 def test_hydra_flags_with_values_pass_the_pre_check(tmp_path: Path) -> None:
