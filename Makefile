@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-heavy lint bench clean
+.PHONY: install demo test test-quick lint bench clean
 
 install: $(STAMP)
 
@@ -19,9 +19,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Minutes each (inductor compiles on CPU, the GPU check's whole smoke run, a wandb multirun).
-test-heavy: $(STAMP)
-	$(BIN)/python -m pytest -q -m heavy
+# The suite without the few tests that take minutes (inductor compiles on CPU, the GPU check's smoke run).
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not heavy"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
