@@ -148,3 +148,22 @@ def test_opcheck() -> None:
     torch.library.opcheck(
         tdbn_mlf_backward_op, (x.detach(), grad, mean, var, bn.weight.detach(), bn.bias.detach(), *args)
     )
+
+
+def test_parameter_gradients_are_bit_identical_across_reruns() -> None:
+    """Per-thread partial sums are added in thread order: reruns (trainer.deterministic) agree bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(3):
+            bn, neuron = _layer(8, 3, False, seed=3)
+            x = (
+                torch.randn(6, 4, 8, 48, 48, generator=torch.Generator().manual_seed(5)) * 2
+            ).requires_grad_()
+            tdbn_fire(bn, neuron, x).sum().backward()
+            grads.append((bn.weight.grad, bn.bias.grad, x.grad))
+        for other in grads[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(grads[0], other, strict=True))
+    finally:
+        torch.set_num_threads(threads)

@@ -4,6 +4,17 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
 
 /* Columns per tile: backward keeps a tile's potentials for all T steps and K levels in cache. */
 static int64_t tile_cols(int64_t T, int K) {
@@ -166,11 +177,15 @@ static int backward(const float *x, const float *g, float *gx, int64_t T, int64_
     int64_t cols = tile_cols(T, K), ntiles = (N + cols - 1) / cols;
     int64_t C = bn ? bn->C : 0;
     int failed = 0;
+    /* One row of partial sums per thread, added in thread order afterwards: with the static schedule
+     * every rerun sums in the same order, so trainer.deterministic reruns stay bit-identical. */
+    double *parts = bn ? (double *)calloc((size_t)(nthreads * 2 * C), sizeof(double)) : NULL;
+    if (bn && !parts) return -1;
 #pragma omp parallel num_threads(nthreads) reduction(| : failed)
     {
         float *useq = (float *)malloc((size_t)(T * K + K + 4) * cols * sizeof(float));
-        double *part = bn ? (double *)calloc((size_t)(2 * C), sizeof(double)) : NULL;
-        if (!useq || (bn && !part)) failed = 1;
+        double *part = parts ? parts + (int64_t)thread_id() * 2 * C : NULL;
+        if (!useq) failed = 1;
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < ntiles; ++b) {
             if (failed) continue;
@@ -201,12 +216,12 @@ static int backward(const float *x, const float *g, float *gx, int64_t T, int64_
                 }
             }
         }
-        if (part) {
-#pragma omp critical
-            for (int64_t c = 0; c < 2 * C; ++c) sums[c] += part[c];
-        }
         free(useq);
-        free(part);
+    }
+    if (parts) {
+        for (int i = 0; i < nthreads; ++i)
+            for (int64_t c = 0; c < 2 * C; ++c) sums[c] += parts[(int64_t)i * 2 * C + c];
+        free(parts);
     }
     return failed ? -1 : 0;
 }
