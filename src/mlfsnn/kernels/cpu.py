@@ -227,11 +227,16 @@ def _bn_args(bn: tuple[Tensor, Tensor, Tensor, Tensor, float, int]) -> list:
     return [mean.data_ptr(), den.data_ptr(), gamma.data_ptr(), beta.data_ptr(), scale, hw, mean.numel()]
 
 
-def _surrogate_constants(width: float) -> tuple[float, float]:
+def _bptt_args(
+    x: Tensor, grad: Tensor, out: Tensor, ths: list[float], width: float, decay: float, detach_reset: bool
+) -> list:
+    """The arguments both backward kernels start with (x, dL/ds, output, shape, levels, surrogate)."""
     # half and 1/width rounded to fp32 exactly as the reference's tensor ops do.
     half = float(torch.tensor(width / 2, dtype=torch.float32))
     inv_w = float(torch.tensor(1.0, dtype=torch.float32) / width)
-    return half, inv_w
+    steps, n = x.shape
+    ptrs = [x.data_ptr(), grad.data_ptr(), out.data_ptr()]
+    return [*ptrs, steps, n, _floats(ths), len(ths), decay, half, inv_w, int(detach_reset)]
 
 
 def tdbn_mlf_forward_cpu(x: Tensor, ths: list[float], decay: float, bn: tuple) -> Tensor:
@@ -262,26 +267,8 @@ def tdbn_mlf_backward_cpu(
     lib = load_cpu_kernel()
     grad_y = torch.empty_like(x)
     sums = torch.zeros(2, bn[0].numel(), dtype=torch.float64)
-    steps, n = x.shape
-    half, inv_w = _surrogate_constants(width)
-    _check(
-        lib.tdbn_mlf_backward(
-            x.data_ptr(),
-            grad.data_ptr(),
-            grad_y.data_ptr(),
-            steps,
-            n,
-            _floats(ths),
-            len(ths),
-            decay,
-            half,
-            inv_w,
-            int(detach_reset),
-            *_bn_args(bn),
-            sums.data_ptr(),
-            _threads(x.numel()),
-        )
-    )
+    args = _bptt_args(x, grad, grad_y, ths, width, decay, detach_reset)
+    _check(lib.tdbn_mlf_backward(*args, *_bn_args(bn), sums.data_ptr(), _threads(x.numel())))
     return grad_y, sums
 
 
@@ -312,22 +299,6 @@ def mlf_backward_cpu(
     """``dL/dx`` from the input ``x`` and ``dL/ds`` (both ``[T, N]`` fp32 contiguous CPU)."""
     lib = load_cpu_kernel()
     grad_x = torch.empty_like(x)
-    steps, n = x.shape
-    half, inv_w = _surrogate_constants(width)
-    _check(
-        lib.mlf_backward(
-            x.data_ptr(),
-            grad.data_ptr(),
-            grad_x.data_ptr(),
-            steps,
-            n,
-            _floats(ths),
-            len(ths),
-            decay,
-            half,
-            inv_w,
-            int(detach_reset),
-            _threads(x.numel()),
-        )
-    )
+    args = _bptt_args(x, grad, grad_x, ths, width, decay, detach_reset)
+    _check(lib.mlf_backward(*args, _threads(x.numel())))
     return grad_x

@@ -20,7 +20,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .cpu import mlf_backward_cpu, mlf_forward_cpu
+from .cpu import (
+    mlf_backward_cpu,
+    mlf_forward_cpu,
+    tdbn_input_grad_cpu,
+    tdbn_mlf_backward_cpu,
+    tdbn_mlf_forward_cpu,
+)
 
 __all__ = ["mlf_backward_op", "mlf_forward_op", "tdbn_mlf_backward_op", "tdbn_mlf_forward_op"]
 
@@ -117,8 +123,6 @@ def tdbn_mlf_forward_op(
     detach_reset: bool,
 ) -> Tensor:
     """Spike counts of MLF(tdBN(x)) (CPU kernel)."""
-    from .cpu import tdbn_mlf_forward_cpu
-
     return tdbn_mlf_forward_cpu(x, thresholds, decay, _bn_tuple(mean, var, gamma, beta, scale, eps, hw))
 
 
@@ -145,8 +149,6 @@ def tdbn_mlf_backward_op(
     detach_reset: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dL/dx, dL/dgamma, dL/dbeta)`` of MLF(tdBN(x)); see the formulas above."""
-    from .cpu import tdbn_input_grad_cpu, tdbn_mlf_backward_cpu
-
     bn = _bn_tuple(mean, var, gamma, beta, scale, eps, hw)
     grad_y, sums = tdbn_mlf_backward_cpu(
         x, grad.float().contiguous(), thresholds, width, decay, detach_reset, bn

@@ -159,28 +159,28 @@ def _plot_sweep(
     _save(fig, ax, path)
 
 
+def _plot_against(
+    rows: list[Row], keys: list[str], key: str, xlabel: str, name: str, path: Path
+) -> str | None:
+    """Accuracy against config ``key``, one line per other varying key, mean ± std over seeds."""
+    attr, ylabel = _metric(rows)
+    series = _sweep(rows, keys, key, attr)
+    if not series:
+        return f"{name} does not vary with all other keys equal"
+    labels = _labels([s[0] for s in series], keys, skip=(key,))
+    title = f"Accuracy against {name.split(' (')[0]} (mean ± std over seeds)"
+    _plot_sweep(series, labels, (xlabel, ylabel, title), path)
+    return None
+
+
 def plot_depth(rows: list[Row], keys: list[str], path: Path) -> str | None:
     """Accuracy against depth, one line per variant (all other keys equal), mean ± std over seeds."""
-    attr, ylabel = _metric(rows)
-    series = _sweep(rows, keys, "model.depth", attr)
-    if not series:
-        return "depth does not vary with all other keys equal"
-    labels = _labels([s[0] for s in series], keys, skip=("model.depth",))
-    axes = ("network depth (layers)", ylabel, "Accuracy against depth (mean ± std over seeds)")
-    _plot_sweep(series, labels, axes, path)
-    return None
+    return _plot_against(rows, keys, "model.depth", "network depth (layers)", "depth", path)
 
 
 def plot_levels(rows: list[Row], keys: list[str], path: Path) -> str | None:
     """Accuracy against K, one line per block type (and any other varying key), mean ± std."""
-    attr, ylabel = _metric(rows)
-    series = _sweep(rows, keys, "neuron.levels", attr)
-    if not series:
-        return "K (neuron.levels) does not vary with all other keys equal"
-    labels = _labels([s[0] for s in series], keys, skip=("neuron.levels",))
-    axes = ("K, MLF levels (K=1: LIF)", ylabel, "Accuracy against K (mean ± std over seeds)")
-    _plot_sweep(series, labels, axes, path)
-    return None
+    return _plot_against(rows, keys, "neuron.levels", "K, MLF levels (K=1: LIF)", "K (neuron.levels)", path)
 
 
 def short_layer(name: str) -> str:

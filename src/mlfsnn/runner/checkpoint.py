@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, one_line
 from .outputs import atomic_write, os_reason, remove_stale_temporaries
 
 log = logging.getLogger("mlfsnn")
@@ -275,6 +275,14 @@ def load_checkpoint(
 
 
 # --- resume ---------------------------------------------------------------------------------------
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], what: str) -> None:
+    """``model.load_state_dict(weights)``; a mismatch is a one-line CheckpointError naming ``what``."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{what} does not fit the configured model: {one_line(exc)}") from None
 
 
 def resume_candidates(resume: str | None, run_dir: Path) -> list[Path]:

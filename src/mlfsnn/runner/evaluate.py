@@ -15,11 +15,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ..data import build_datasets
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..nn import count_parameters
 from ..nn.observe import SpikeRecorder
 from .builders import build_model
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 from .config import validate
 from .context import Context
 from .loop import evaluate
@@ -94,12 +94,7 @@ def run_eval(
     _, test_set, info = build_datasets(cfg.dataset, cfg.time_steps)
     ctx.static = info.static
     model = build_model(cfg, info).to(ctx.device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {checkpoint} does not fit the configured model: {str(exc).splitlines()[0]}"
-        ) from None
+    load_weights(model, state["model"], f"checkpoint {checkpoint}")
     t0 = time.perf_counter()
     recorder = SpikeRecorder(model) if plots else None
     with recorder or contextlib.nullcontext():  # its hooks see the same pass the metrics come from

@@ -21,6 +21,7 @@ from ..errors import CheckpointError, ConfigError
 from ..nn import from_nir, to_nir
 from ..nn.nir import DEFAULT_DT
 from .builders import build_model
+from .checkpoint import load_weights
 from .evaluate import check_writable, load_with_config
 
 __all__ = ["default_export_path", "export_checkpoint", "input_shape"]
@@ -55,12 +56,7 @@ def _build(cfg: Any, weights: dict[str, torch.Tensor], shape: tuple[int, int, in
     # Only what build_model reads matters here; sample counts are unknown without the data.
     info = DataInfo(str(cfg.dataset.name), int(fc.shape[0]), shape[0], shape[1:], True, 0, 0)
     model = build_model(cfg, info)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit the configured model: {str(exc).splitlines()[0]}"
-        ) from None
+    load_weights(model, weights, f"checkpoint {path}")
     return model.eval()
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import CheckpointError, one_line
+from ..errors import CheckpointError
 from .builders import SCHEDULERS
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 
 __all__ = ["FREE_KEYS", "IncompatibleCheckpoint", "check_same_trajectory", "load_init_weights"]
 
@@ -102,10 +102,5 @@ def load_init_weights(source: str, model: nn.Module, map_location: Any = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"trainer.init_from={source!r}: no checkpoint at {path}")
     state = load_checkpoint(path, map_location)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"trainer.init_from={source!r}: {path} does not fit the configured model ({one_line(exc)})"
-        ) from None
+    load_weights(model, state["model"], f"trainer.init_from={source!r}: {path}")
     return path, state.get("epoch")
