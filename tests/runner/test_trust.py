@@ -450,7 +450,8 @@ def test_sigterm_stops_a_local_sweep_not_just_its_current_point(tmp_path: Path) 
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr[-2000:]
+    # not 0: `snn-train -m ... && snn-report` must not report a sweep that stopped half-way
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert "the sweep stops here" in stderr
     assert not (tmp_path / "s" / "1").exists()  # the next point never started
     # The signal lands mid-epoch or during an epoch's evaluation and checkpoints: either way a stop.

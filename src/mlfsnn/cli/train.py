@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 
 from ..errors import UserError, exit_with
 from ..runner import distributed as dist
+from ..runner.outputs import records_to
 from ..runner.preflight import created_run_dir, register_resolvers
 from ..runner.rundir import remove_created
 from ..runner.schema import check_overrides
@@ -30,8 +32,14 @@ EXIT_PEER_LOST = 4  # another process of a torchrun job died or hung
 log = logging.getLogger("mlfsnn")
 
 
-def _log_to_files(message: str) -> None:
-    """Record an error in train.log without repeating it on the console (stderr already shows it)."""
+def _log_to_files(message: str, run_dir: Path) -> None:
+    """Record an error in train.log without repeating it on the console (stderr already shows it).
+
+    Only once this process has claimed the run's log: a refused command leaves the log of the run it
+    refused as it was.
+    """
+    if not records_to(run_dir / "train.log"):
+        return
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
     for logger in (log, logging.getLogger()):
         for handler in logger.handlers:
@@ -57,14 +65,14 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     try:
         summary = _train(cfg, run_dir)
     except UserError as exc:
-        _log_to_files(f"error: {one_line(exc)}")
+        _log_to_files(f"error: {one_line(exc)}", run_dir)
         created = created_run_dir()
         if created is not None and created.resolve() == run_dir.resolve():  # refused: leave nothing
             _close_file_logs()
             remove_created(run_dir)
         fail(one_line(exc))
     except dist.PeerLost as exc:
-        _log_to_files(f"error: {exc}")
+        _log_to_files(f"error: {exc}", run_dir)
         exit_with(str(exc), EXIT_PEER_LOST)
     if rank0 and summary["status"] == "preempted":
         hint = f"trainer.resume=auto hydra.run.dir={run_dir}"
@@ -73,7 +81,8 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             # The basic launcher runs the points one after another in this process: a stop request
             # is for the whole sweep, not only for the point that happened to be running.
             print("the sweep stops here; rerun it with trainer.resume=auto to continue", file=sys.stderr)
-            raise SystemExit(0)
+            # Not 0: `snn-train -m ... && snn-report` must not report a sweep that stopped half-way.
+            raise SystemExit(128 + getattr(signal, summary.get("stopped_by") or "SIGTERM", signal.SIGTERM))
     elif rank0:
         print(f"run directory: {run_dir}", file=sys.stderr)
     return objective(summary)

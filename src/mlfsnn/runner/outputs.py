@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
 import os
 import platform
-import re
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -20,6 +17,8 @@ import torch
 from omegaconf import OmegaConf
 
 from ..errors import UserError
+from ..files import NoFollowFileHandler, append_bytes, atomic_write, atomic_write_text, os_reason
+from ..files import remove_stale_temporaries as remove_stale_temporaries
 
 __all__ = [
     "MetricsLog",
@@ -30,6 +29,7 @@ __all__ = [
     "git_commit",
     "log_eval_run",
     "os_reason",
+    "records_to",
     "remove_stale_temporaries",
     "wandb_defaults",
     "write_json",
@@ -53,94 +53,6 @@ def _clean(value: Any) -> Any:
     return value
 
 
-# What ``tempfile.mkstemp`` adds between our prefix ``.<name>.`` and suffix: 8 of these characters.
-_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    # Elsewhere the only way is to set it and set it back: process-wide, so a file another thread
-    # creates in this instant gets mode 0666; acceptable for the rare platforms without /proc.
-    old = os.umask(0)
-    os.umask(old)
-    return old
-
-
-def os_reason(exc: OSError, path: Path) -> str:
-    """``strerror`` (e.g. "No space left on device"), plus the file it concerns when that is neither
-    ``path`` nor its temp file (e.g. a parent folder that is a file)."""
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    other = exc.filename is not None and not Path(exc.filename).name.startswith(f".{path.name}.")
-    return f"{reason} ({exc.filename})" if other and Path(exc.filename) != path else reason
-
-
-def atomic_write(
-    path: Path, write: Callable[[BinaryIO], None], before_replace: Callable[[], None] | None = None
-) -> None:
-    """Write ``path`` through ``write(file)``: a temp file in the same folder, fsync, ``os.replace``.
-
-    Readers never see half a file and a crash leaves the previous one intact. The temp file is
-    ``.<name>.<8 random>.tmp`` (see :func:`remove_stale_temporaries`) and removed on any error;
-    ``before_replace`` runs just before the rename (checkpoints rotate the previous file there).
-    Errors propagate as they are (``OSError`` for a full disk); callers turn them into one line.
-    """
-    if path.parent.exists() and not path.parent.is_dir():  # mkdir would say "File exists"
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            # mkstemp creates 0600 files; outputs should be as readable as any other file written
-            # here (metrics.jsonl gets the umask's mode through open()).
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            os.fsync(f.fileno())
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable: without it a power loss can bring back the old directory entry."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems (and all of Windows) cannot fsync a directory; the rename still stands
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the temp files :func:`atomic_write` leaves in ``folder`` when its writer is killed.
-
-    Only call this while holding the run directory's exclusive lock: then no other writer is at
-    work in it, so every ``.<name>.<random>.tmp`` there belongs to a dead process. Not recursive;
-    returns the files removed.
-    """
-    removed = []
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if _TEMP_NAME.match(entry.name) and entry.is_file() and not entry.is_symlink():
-            entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
-
-
 def write_json(path: Path, obj: Any) -> None:
     """Write strict JSON atomically; an ``OSError`` (full disk, read-only folder) becomes a
     one-line :class:`UserError` and leaves any previous file intact."""
@@ -156,44 +68,63 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 class MetricsLog:
-    """``metrics.jsonl``: appended and flushed once per epoch; rewritten from history on resume."""
+    """``metrics.jsonl``: appended and flushed once per epoch; rewritten from history on resume.
+
+    Appends go through :func:`~mlfsnn.files.append_bytes` (no link followed; a full disk leaves no
+    half line), the rewrite through an atomic replace (readers see the old file or the new one).
+    """
 
     def __init__(self, path: Path | None, history: list[dict[str, Any]] | None = None) -> None:
         self.path = path  # None: keep the history in memory only (ranks other than 0)
         self.history: list[dict[str, Any]] = list(history or [])
         # Rewriting drops epochs logged after the checkpoint we resume from (a crash between the two).
-        self._write("w", self.history)
+        self._write(self.history, rewrite=True)
 
     def append(self, row: dict[str, Any]) -> None:
+        self._write([row])
         self.history.append(row)
-        self._write("a", [row])
 
-    def _write(self, mode: str, rows: list[dict[str, Any]]) -> None:
+    def _write(self, rows: list[dict[str, Any]], rewrite: bool = False) -> None:
         """One strict JSON object a line; an ``OSError`` (full disk) becomes a one-line UserError."""
         if self.path is None:
             return
         # Serialised before opening: a value that cannot be written must not truncate the file first.
         text = "".join(json.dumps(_clean(row), allow_nan=False) + "\n" for row in rows)
         try:
-            with open(self.path, mode) as f:
-                f.write(text)
+            if rewrite:
+                atomic_write_text(self.path, text)
+            else:
+                append_bytes(self.path, text.encode())
         except OSError as exc:
             raise UserError(f"cannot write {self.path}: {os_reason(exc, self.path)}") from None
 
 
+_RECORDING: set[Path] = set()  # the train.log files this process has claimed (see add_file_log)
+
+
 def add_file_log(path: Path) -> logging.Handler | None:
-    """Send the ``mlfsnn`` logger to ``path`` unless a handler (e.g. Hydra's) already writes there."""
+    """Send the ``mlfsnn`` logger to ``path`` unless a handler (e.g. Hydra's) already writes there.
+
+    Called once the run directory is claimed; from then on errors belong in this log too
+    (:func:`records_to`), before it they concern a run that is not this process's to write.
+    """
+    _RECORDING.add(path.resolve())
     root = logging.getLogger()
     for logger in (root, log):
         for h in logger.handlers:
             if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve():
                 return None
-    handler = logging.FileHandler(path)
+    handler = NoFollowFileHandler(path)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     log.addHandler(handler)
     if log.level == logging.NOTSET or log.level > logging.INFO:
         log.setLevel(logging.INFO)
     return handler
+
+
+def records_to(path: Path) -> bool:
+    """Whether this process claimed ``path`` as its log (:func:`add_file_log`)."""
+    return path.resolve() in _RECORDING
 
 
 def git_commit() -> str | None:

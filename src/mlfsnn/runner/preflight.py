@@ -22,10 +22,20 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..errors import UserError, exit_with, one_line
+from ..errors import ConfigError, UserError, exit_with, one_line
+from ..files import refuse_links
 from . import distributed as dist
 from .config import check_memory, validate
-from .rundir import claim_run_dir, move_previous_run, run_files
+from .resume import check_resumable
+from .rundir import (
+    check_path_length,
+    claim_run_dir,
+    lock_run_dir,
+    move_previous_run,
+    refuse_links_in_run_dir,
+    release_run_dir,
+    run_files,
+)
 from .search_space import check_objective, is_optuna, search_space_jobs
 
 __all__ = ["Preflight", "created_run_dir", "register_resolvers"]
@@ -80,19 +90,12 @@ class Preflight:
         # Optuna's trials are numbered 0..n_trials-1 as they start; each basic sweep point has its own.
         trials = range(int(config.hydra.sweeper.n_trials)) if optuna else ()
         numbered = [(f"trial {n}", jobs[0][1]) for n in trials] if optuna else jobs
-        for num, (where, job) in enumerate(numbered):
-            with open_dict(job):
-                job.hydra.job.num = num
-            job_dir = Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir)
-            found = run_files(job_dir)
-            if found and job.trainer.overwrite and not job.trainer.resume:
-                move_previous_run(job_dir)  # before Hydra writes the job's new .hydra/ there
-            elif found and not job.trainer.resume:
-                exit_with(
-                    f"{where}: {job_dir} already holds a run ({', '.join(found[:2])}); add "
-                    "trainer.resume=auto to continue the sweep, or trainer.overwrite=true to start over"
-                )
+        try:
+            check_sweep_dirs(config, numbered, resumed_configs=not optuna)
+        except UserError as exc:
+            exit_with(one_line(exc))
 
+    # The other callback hooks Hydra may call.
     # The other callback hooks Hydra may call.
     def on_run_end(self, **_: Any) -> None: ...
     def on_multirun_end(self, **_: Any) -> None: ...
@@ -126,3 +129,79 @@ def _sweep_jobs(config: DictConfig) -> list[tuple[str, DictConfig]]:
         (f"sweep point {n} ({' '.join(b) or 'no overrides'})", loader.load_sweep_config(config, list(b)))
         for n, b in enumerate(batches)
     ]
+
+
+def check_sweep_dirs(
+    config: DictConfig, numbered: list[tuple[str, DictConfig]], resumed_configs: bool = True
+) -> None:
+    """Every job directory of a sweep, checked (and overwritten runs moved aside) before the first job.
+
+    One directory per job (``hydra.sweep.subdir`` must tell them apart), no links where Hydra or
+    mlfsnn write, no directory another process holds (each is locked before anything in it is
+    moved, then released for its job), and for ``trainer.resume`` the point's own checkpoint must
+    continue the same trajectory (``resumed_configs``: an Optuna trial's config is only known when
+    it starts; its job checks itself before it writes anything).
+    """
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    check_path_length(sweep_dir, "hydra.sweep.dir")
+    try:
+        refuse_links(sweep_dir, ("multirun.yaml", "optimization_results.yaml"))
+    except OSError as exc:
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir} cannot be used: {exc}") from None
+    points: list[tuple[str, DictConfig, Path]] = []
+    seen: dict[str, str] = {}
+    for num, (where, job) in enumerate(numbered):
+        with open_dict(job):
+            job.hydra.job.num = num
+        job_dir = Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir)
+        key = os.path.normpath(job_dir.absolute())
+        if key in seen:
+            raise ConfigError(
+                f"{seen[key]} and {where} would both write to {job_dir} (hydra.sweep.subdir="
+                f"{OmegaConf.select(config, 'hydra.sweep.subdir')!r}); give every job its own directory, "
+                "e.g. the default hydra.sweep.subdir=${hydra.job.num}; nothing was run"
+            )
+        seen[key] = where
+        check_path_length(job_dir, "hydra.sweep.subdir")
+        points.append((where, job, job_dir))
+    held: list[Path] = []
+    try:
+        for where, job, job_dir in points:
+            if job_dir.is_dir():
+                _check_point(where, job, job_dir, held, resumed_configs)
+        for _, job, job_dir in points:  # every directory checked and held: only now move anything
+            tr = job.trainer
+            if job_dir in held and run_files(job_dir) and tr.overwrite and not tr.resume:
+                move_previous_run(job_dir)  # before Hydra writes the job's new files there
+    finally:
+        for job_dir in held:
+            release_run_dir(job_dir)
+
+
+def _check_point(where: str, job: DictConfig, job_dir: Path, held: list[Path], resumed_configs: bool) -> None:
+    try:
+        lock_run_dir(job_dir, f"{where}: {job_dir}")
+        held.append(job_dir)
+        refuse_links_in_run_dir(job_dir, f"{where}: directory")
+    except UserError as exc:
+        raise ConfigError(f"{one_line(exc)}; nothing was run") from None
+    found, tr = run_files(job_dir), job.trainer
+    if found and not tr.resume and not tr.overwrite:
+        raise ConfigError(
+            f"{where}: {job_dir} already holds a run ({', '.join(found[:2])}); add "
+            "trainer.resume=auto to continue the sweep, or trainer.overwrite=true to start over"
+        )
+    if found and tr.resume and resumed_configs:
+        try:
+            check_resumable(_resolved(job), tr.resume, job_dir)
+        except UserError as exc:
+            raise ConfigError(f"{where}: {one_line(exc)}; nothing was run") from None
+
+
+def _resolved(job: DictConfig) -> dict[str, Any] | None:
+    """The job's task config, resolved as the trainer resolves it; ``None`` when that needs the job."""
+    task = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
+    try:
+        return OmegaConf.to_container(task, resolve=True)  # type: ignore[return-value]
+    except Exception:  # an interpolation only the running job can resolve: the job checks itself
+        return None

@@ -17,9 +17,15 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .builders import SCHEDULERS
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import load_checkpoint, load_weights, resume_candidates
 
-__all__ = ["FREE_KEYS", "IncompatibleCheckpoint", "check_same_trajectory", "load_init_weights"]
+__all__ = [
+    "FREE_KEYS",
+    "IncompatibleCheckpoint",
+    "check_resumable",
+    "check_same_trajectory",
+    "load_init_weights",
+]
 
 # Keys that change how a run is executed, logged or where it finds its data, never what it computes.
 FREE_KEYS = (
@@ -104,3 +110,21 @@ def load_init_weights(source: str, model: nn.Module, map_location: Any = "cpu") 
     state = load_checkpoint(path, map_location)
     load_weights(model, state["model"], f"trainer.init_from={source!r}: {path}")
     return path, state.get("epoch")
+
+
+def check_resumable(resolved: dict[str, Any] | None, resume: str, run_dir: Path) -> None:
+    """Refuse, before anything is written, a resume whose checkpoint is of another trajectory.
+
+    Reads the first of :func:`resume_candidates` that loads; a damaged one is left for the run
+    itself, which falls back to the backup and moves the bad file aside. ``resolved`` ``None``: the
+    config cannot be resolved yet (the job checks itself).
+    """
+    if resolved is None:
+        return
+    for path in resume_candidates(resume, run_dir):
+        try:
+            saved = load_checkpoint(path, require_training_state=True)
+        except CheckpointError:
+            continue
+        check_same_trajectory(saved["config"], resolved, path)
+        return

@@ -13,29 +13,40 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
+from ..files import LinkRefused, atomic_write_text, ensure_dir, open_lock, os_reason, refuse_links
 
 __all__ = [
+    "HYDRA_FILES",
     "LOCK_NAME",
+    "check_path_length",
     "check_writable_dir",
     "claim_run_dir",
+    "finished_summary",
     "holds_run",
     "lock_run_dir",
     "move_previous_run",
+    "refuse_links_in_run_dir",
     "release_run_dir",
     "remove_created",
     "run_files",
+    "save_hydra_files",
 ]
 
 LOCK_NAME = ".mlfsnn.lock"
 # What a run leaves in its directory; Hydra's .hydra/ and the log are moved along on overwrite.
 RUN_FILES = ("metrics.jsonl", "summary.json", "eval.json", "checkpoints", "wandb", ".hydra", "train.log")
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+_CHECKPOINTS = ("last.pt", "last.prev.pt", "best.pt")
 _HELD: dict[Path, int] = {}
+_PARENTS: dict[Path, list[Path]] = {}
 
 
 def run_files(run_dir: Path) -> list[str]:
@@ -51,13 +62,19 @@ def holds_run(run_dir: Path) -> bool:
     return bool(run_files(run_dir))
 
 
-def lock_run_dir(run_dir: Path) -> None:
-    """Take the run directory's exclusive lock for this process (idempotent), or refuse in one line."""
+def lock_run_dir(run_dir: Path, key: str = "run directory") -> None:
+    """Take the run directory's exclusive lock for this process (idempotent), or refuse in one line.
+
+    The lock file is opened without following a link and must be a regular file with one name, so
+    a planted ``.mlfsnn.lock`` can never truncate a file elsewhere.
+    """
     key = run_dir.resolve()
     if key in _HELD:
         return
     try:
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = open_lock(run_dir / LOCK_NAME)
+    except LinkRefused as exc:
+        raise ConfigError(f"{key}={run_dir} cannot be used: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"run directory {run_dir} is not writable: {exc.strerror}") from None
     try:
@@ -92,9 +109,45 @@ def move_previous_run(run_dir: Path) -> Path:
         target = run_dir / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
     target.mkdir()
     for name in RUN_FILES:
-        if (run_dir / name).exists():
+        if os.path.lexists(run_dir / name):
             os.replace(run_dir / name, target / name)
     return target
+
+
+def check_path_length(path: Path, key: str) -> None:
+    """Refuse a path the filesystem cannot hold before anything is created on the way to it."""
+    limit = _name_max(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit:
+            raise ConfigError(
+                f"{key}={str(path)[:60]}... is invalid: the name {part[:24]}... has {len(os.fsencode(part))} "
+                f"bytes and this filesystem allows {limit} per name"
+            )
+    if len(os.fsencode(str(path.absolute()))) >= 4096:
+        raise ConfigError(f"{key}={str(path)[:60]}... is invalid: the path is longer than 4095 bytes")
+
+
+def _name_max(path: Path) -> int:
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            try:
+                return os.pathconf(folder, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                break
+    return 255
+
+
+def refuse_links_in_run_dir(run_dir: Path, key: str = "hydra.run.dir") -> None:
+    """Refuse a run directory where a file mlfsnn or Hydra writes is a symbolic link (planted or not):
+    writing through it would change a file outside the run directory."""
+    try:
+        refuse_links(run_dir, (LOCK_NAME, *RUN_FILES))
+        if (run_dir / "checkpoints").is_dir():
+            refuse_links(run_dir / "checkpoints", _CHECKPOINTS)
+        if (run_dir / ".hydra").is_dir():
+            refuse_links(run_dir / ".hydra", HYDRA_FILES)
+    except LinkRefused as exc:
+        raise ConfigError(f"{key}={run_dir} cannot be used: {exc}") from None
 
 
 def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool, key: str = "hydra.run.dir") -> bool:
@@ -102,17 +155,23 @@ def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool, key: str =
 
     Returns whether this call created the directory (a refused command removes what it created).
     Refuses, in one line, a directory that holds a run when neither ``resume`` nor ``overwrite`` is
-    set, and a directory another process is writing.
+    set, a directory another process is writing, and one where a file it would write is a link. The
+    lock comes first: nothing is moved or written in a directory another process holds.
     """
+    check_path_length(run_dir, key)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{key}={run_dir} is invalid: it is a file, not a directory")
     created = not run_dir.exists()
+    # the folders this call creates on the way, so that a refusal removes them again
+    _PARENTS[run_dir.absolute()] = [p for p in run_dir.absolute().parents if not p.exists()]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"{key}={run_dir} cannot be created: {exc.strerror}") from None
+        _remove_empty_parents(run_dir)
+        raise ConfigError(f"{key}={run_dir} cannot be created: {os_reason(exc, run_dir)}") from None
     try:
-        lock_run_dir(run_dir)
+        lock_run_dir(run_dir, key)
+        refuse_links_in_run_dir(run_dir, key)
         found = run_files(run_dir)
         if found and not resume and not overwrite:
             raise ConfigError(
@@ -125,14 +184,13 @@ def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool, key: str =
         probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
-    except OSError as exc:
-        release_run_dir(run_dir)
-        raise ConfigError(f"{key}={run_dir} is not writable: {exc.strerror}") from None
-    except ConfigError:
+    except (OSError, ConfigError) as exc:
         release_run_dir(run_dir)
         if created:
-            remove_created(run_dir)
-        raise
+            remove_created(run_dir)  # a full disk at start leaves no empty directory behind
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{key}={run_dir} is not writable: {os_reason(exc, run_dir)}") from None
     return created
 
 
@@ -141,12 +199,14 @@ def check_writable_dir(folder: Path, what: str) -> None:
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{what} {folder} is a file; a folder is needed there (move the file away)")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        ensure_dir(folder)
         probe = folder / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
+    except LinkRefused as exc:
+        raise ConfigError(f"{what} {exc}") from None
     except OSError as exc:
-        raise ConfigError(f"{what} {folder} is not writable: {exc.strerror}") from None
+        raise ConfigError(f"{what} {folder} is not writable: {os_reason(exc, folder)}") from None
 
 
 def remove_created(run_dir: Path) -> None:
@@ -155,3 +215,57 @@ def remove_created(run_dir: Path) -> None:
         return  # never: a run's files are not ours to delete
     release_run_dir(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
+    _remove_empty_parents(run_dir)
+
+
+def _remove_empty_parents(run_dir: Path) -> None:
+    for folder in _PARENTS.pop(run_dir.absolute(), []):  # deepest first; stops at one that is not empty
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def save_hydra_files(run_dir: Path, cfg: Any) -> None:
+    """Write Hydra's record of the launch (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``).
+
+    ``configs/train.yaml`` sets ``hydra.output_subdir: null`` so that Hydra does not write them
+    itself before the task starts: here they are written after the directory is claimed and a
+    resume is known to continue the same trajectory, so a refused command leaves the run's record
+    as it was, and never through a link. Nothing outside a Hydra run of this directory, or when the
+    user chose ``hydra.output_subdir`` (Hydra then wrote them).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.instance().cfg
+    hc = hydra_cfg.hydra
+    if hc.output_subdir is not None or Path(str(hc.runtime.output_dir)).resolve() != run_dir.resolve():
+        return
+    folder = ensure_dir(run_dir / ".hydra")
+    files = (("config.yaml", cfg), ("hydra.yaml", hydra_cfg), ("overrides.yaml", hc.overrides.task))
+    try:
+        for name, conf in files:
+            atomic_write_text(folder / name, OmegaConf.to_yaml(conf))
+    except OSError as exc:
+        raise ConfigError(f"cannot write {folder}: {os_reason(exc, folder)}") from None
+
+
+def finished_summary(run_dir: Path, saved: dict[str, Any], trainer: Any) -> dict[str, Any] | None:
+    """The ``summary.json`` of a run that a resume finds already finished, else ``None``.
+
+    Finished: the checkpoint ends the run (``trainer.epochs`` or ``max_steps`` reached, not written
+    mid-epoch) and the summary says so. Such a run is left byte for byte as it was.
+    """
+    max_steps = trainer.max_steps
+    done = saved["epoch"] >= trainer.epochs or (max_steps is not None and saved["step"] >= max_steps)
+    if not done or saved.get("in_epoch"):
+        return None
+    try:
+        summary = json.loads((run_dir / "summary.json").read_bytes())
+    except (OSError, ValueError):
+        return None  # killed before its summary: the resume writes it
+    ok = isinstance(summary, dict) and summary.get("status") == "ok"
+    return summary if ok and summary.get("epochs_completed") == saved["epoch"] else None

@@ -38,6 +38,7 @@ class RunState:
     test_acc_at_best_val: float | None = None
     status: str = "ok"  # ok | preempted | non_finite_loss
     last_eval: dict[str, Any] | None = None
+    wall_time_s: float = 0.0  # spent by the processes before this one (up to their last checkpoint)
 
     @classmethod
     def from_checkpoint(cls, saved: dict[str, Any], main_rank: bool) -> RunState:
@@ -51,6 +52,7 @@ class RunState:
             best_val_acc=saved.get("best_val_acc", -1.0),
             best_val_epoch=saved.get("best_val_epoch", 0),
             test_acc_at_best_val=saved.get("test_acc_at_best_val"),
+            wall_time_s=float(saved.get("wall_time_s") or 0.0),
         )
         if saved.get("in_epoch"):  # written mid-epoch: continue that epoch where it stopped
             sums = saved["in_epoch"]  # global sums: rank 0 continues with them, the others from 0
@@ -58,14 +60,19 @@ class RunState:
         return st
 
     def checkpoint_fields(
-        self, history: list[dict[str, Any]], in_epoch: EpochProgress | None
+        self, history: list[dict[str, Any]], in_epoch: EpochProgress | None, elapsed_s: float
     ) -> dict[str, Any]:
-        """This state as checkpoint entries (model, optimizer, RNG and config are the caller's)."""
+        """This state as checkpoint entries (model, optimizer, RNG and config are the caller's).
+
+        ``elapsed_s``: this process's time so far; the checkpoint stores the run's total, so the
+        summary of a resumed run counts every process up to its last checkpoint.
+        """
         return {
             **{k: getattr(self, k) for k in _BEST_KEYS},
             "history": history,
             "in_epoch": asdict(in_epoch) if in_epoch is not None else None,
             "wandb_id": self.wandb_id,
+            "wall_time_s": self.wall_time_s + elapsed_s,
         }
 
     def selection_summary(self, val_samples: int | None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -44,7 +45,7 @@ from .outputs import (
 )
 from .preemption import PreemptionGuard
 from .resume import IncompatibleCheckpoint, check_same_trajectory, load_init_weights
-from .rundir import check_writable_dir, claim_run_dir, release_run_dir
+from .rundir import check_writable_dir, claim_run_dir, finished_summary, release_run_dir, save_hydra_files
 from .state import RunState
 
 __all__ = ["RunState", "Trainer", "train"]  # RunState (in .state) re-exported for callers
@@ -58,6 +59,9 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.state = RunState()
+        self.t0 = time.perf_counter()
+        self.finished: dict[str, Any] | None = None  # the summary of a run resumed after its end
+        self._pending: tuple[int, dict[str, Any]] | None = None  # the checkpoint resume will apply
 
     # --- setup ----------------------------------------------------------------------------------
 
@@ -73,10 +77,20 @@ class Trainer:
             ctx.device = torch.device("cuda", local_rank)
         _ = ctx.local_batch_size  # the global batch must split evenly: fail before any work
         self.run_dir = Path(dist.broadcast_object(str(self.run_dir)))
+        self.resolved = OmegaConf.to_container(cfg, resolve=True)
         if ctx.main_rank:
             claim_run_dir(self.run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
             check_writable_dir(self.ckpt_dir, "the checkpoint folder")
             removed = remove_stale_temporaries(self.run_dir) + remove_stale_temporaries(self.ckpt_dir)
+        # Before anything is written: a resume of another trajectory is refused with the run's files
+        # (its .hydra/ included) as they were, and a finished run is left byte for byte.
+        self._pending = self._load_resume_checkpoint(0)
+        if self._pending is not None and ctx.main_rank:
+            self.finished = finished_summary(self.run_dir, self._pending[1], cfg.trainer)
+            if self.finished is not None:
+                return
+        if ctx.main_rank:
+            save_hydra_files(self.run_dir, cfg)
             add_file_log(self.run_dir / "train.log")
             log.info("run directory: %s", self.run_dir)
             if removed:
@@ -128,7 +142,6 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.trainer.precision == "fp16")
-        self.resolved = OmegaConf.to_container(cfg, resolve=True)
 
     # --- resume -----------------------------------------------------------------------------------
 
@@ -143,24 +156,48 @@ class Trainer:
             path, epoch = load_init_weights(tr.init_from, self.model, self.ctx.device)
             log.info("initialised the model from %s (epoch %s); new optimizer and schedule", path, epoch)
             return
-        candidates = resume_candidates(tr.resume, self.run_dir)
-        for i, path in enumerate(candidates):
+        while self._pending is not None:
+            index, saved = self._pending
             try:
-                self._load(path)
+                self._apply(saved, self.candidates[index])
                 return
             except IncompatibleCheckpoint:
                 raise
             except CheckpointError as exc:
-                if i == len(candidates) - 1:
+                if index == len(self.candidates) - 1:
                     raise
-                # Renamed aside (rank 0 only), so the next save cannot rotate it over the good backup.
-                rename = self.ctx.main_rank and path.name == "last.pt" and path.exists()
-                moved = quarantine(path) if rename else path
-                log.warning("%s; falling back to %s (the bad file is now %s)", exc, candidates[i + 1], moved)
+                self._fall_back(index, exc)
+                self._pending = self._load_resume_checkpoint(index + 1)
 
-    def _load(self, path: Path) -> None:
-        saved = load_checkpoint(path, map_location=self.ctx.device, require_training_state=True)
-        check_same_trajectory(saved["config"], self.resolved, path)
+    def _load_resume_checkpoint(self, start: int) -> tuple[int, dict[str, Any]] | None:
+        """The first of ``trainer.resume``'s candidates from ``start`` on that loads and continues
+        this trajectory, as ``(index, checkpoint)``; ``None`` to start fresh."""
+        tr = self.cfg.trainer
+        if tr.init_from:
+            return None
+        self.candidates = resume_candidates(tr.resume, self.run_dir)
+        for i in range(start, len(self.candidates)):
+            path = self.candidates[i]
+            try:
+                saved = load_checkpoint(path, map_location=self.ctx.device, require_training_state=True)
+                check_same_trajectory(saved["config"], self.resolved, path)
+                return i, saved
+            except IncompatibleCheckpoint:
+                raise
+            except CheckpointError as exc:
+                if i == len(self.candidates) - 1:
+                    raise
+                self._fall_back(i, exc)
+        return None
+
+    def _fall_back(self, index: int, exc: CheckpointError) -> None:
+        """A corrupt or unfit ``last.pt`` is renamed aside (rank 0 only), so the next save cannot
+        rotate it over the good backup resume falls back to."""
+        path = self.candidates[index]
+        moved = quarantine(path) if self.ctx.main_rank and path.name == "last.pt" and path.exists() else path
+        log.warning("%s; falling back to %s (the bad file is now %s)", exc, self.candidates[index + 1], moved)
+
+    def _apply(self, saved: dict[str, Any], path: Path) -> None:
         try:
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
@@ -184,7 +221,6 @@ class Trainer:
         name, defaults = self.cfg.name, wandb_defaults(self.run_dir)
         self.wandb = WandbLogger(wandb_cfg, self.run_dir, self.resolved, name, st.wandb_id, **defaults)
         st.wandb_id = self.wandb.run_id  # checkpoints carry it: a resumed run continues this wandb run
-        self.t0 = time.perf_counter()
         with PreemptionGuard() as self.guard:
             try:
                 for epoch in range(st.epoch + 1, self.cfg.trainer.epochs + 1):
@@ -279,7 +315,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            **st.checkpoint_fields(self.metrics.history, progress),
+            **st.checkpoint_fields(self.metrics.history, progress, time.perf_counter() - self.t0),
             "rng": capture_rng(),
             "wandb_run": self.wandb.identity,  # snn-eval's wandb run joins this one's group
             "config": self.resolved,
@@ -327,6 +363,7 @@ class Trainer:
         return {
             "name": self.cfg.name,
             "status": st.status,
+            "stopped_by": self.guard.name if st.status == "preempted" else None,  # e.g. SIGTERM
             **st.selection_summary(info.val_samples if self.val_loader is not None else None),
             "final_test_acc": final.get("test_acc"),
             "final_test_loss": final.get("test_loss"),
@@ -336,7 +373,9 @@ class Trainer:
             "data": info.to_dict(),
             "epochs_completed": st.epoch,
             "steps": st.step,
-            "wall_time_s": time.perf_counter() - self.t0,
+            # every process of the run (up to the last checkpoint of each earlier one), then this one
+            "wall_time_s": st.wall_time_s + (time.perf_counter() - self.t0),
+            "process_wall_time_s": time.perf_counter() - self.t0,
             **{
                 k: last_eval.get(k)
                 for k in (
@@ -366,6 +405,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """
     trainer = Trainer(cfg, run_dir)
     trainer.setup()
+    if trainer.finished is not None:
+        release_run_dir(trainer.run_dir)
+        # Not logged: train.log belongs to the finished run and stays as it was.
+        print(
+            f"{trainer.run_dir} already finished ({trainer.finished.get('epochs_completed')} epochs): "
+            "nothing to do, nothing changed",
+            file=sys.stderr,
+        )
+        return trainer.finished
     trainer.resume()
     try:
         trainer.fit()
