@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
+
+import mlfsnn.runner.loop as loop_module
 
 # A net and data small enough that one epoch takes about a second on one core.
 TINY = [
@@ -39,3 +45,20 @@ def read_metrics(run_dir: Path, drop_timing: bool = True) -> list[dict[str, Any]
             for key in ("epoch_time_s", "train_samples_per_s"):
                 row.pop(key, None)
     return rows
+
+
+def sigterm_at_step(monkeypatch: pytest.MonkeyPatch, step: int, sleep_after_first: float = 0.0) -> None:
+    """Send this process SIGTERM right after training step ``step`` (the loop's stop check)."""
+    real = loop_module._flush
+    count = {"n": 0}
+
+    def deliver(pending, progress, ctx, epoch, global_step, guard):
+        if guard is not None:
+            count["n"] += 1
+            if count["n"] == 1 and sleep_after_first:
+                time.sleep(sleep_after_first)
+            if count["n"] == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(pending, progress, ctx, epoch, global_step, guard)
+
+    monkeypatch.setattr(loop_module, "_flush", deliver)

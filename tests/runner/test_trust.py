@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import mlfsnn.runner.loop as loop_module
 from mlfsnn.errors import CheckpointError, ConfigError
 from mlfsnn.runner.checkpoint import load_checkpoint
 from mlfsnn.runner.trainer import train
-from runner_utils import TINY, compose_cfg, read_metrics
+from runner_utils import TINY, compose_cfg, read_metrics, sigterm_at_step
 
 BIN = Path(sys.executable).parent
 ONE = [*TINY, "trainer.epochs=1"]
@@ -61,23 +60,6 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = _train_cli(cwd, "hydra.run.dir=run")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return cwd
-
-
-def _sigterm_at_step(monkeypatch: pytest.MonkeyPatch, step: int, sleep_after_first: float = 0.0) -> None:
-    """Send this process SIGTERM right after training step ``step`` (the loop's stop check)."""
-    real = loop_module._flush
-    count = {"n": 0}
-
-    def deliver(pending, progress, ctx, epoch, global_step, guard):
-        if guard is not None:
-            count["n"] += 1
-            if count["n"] == 1 and sleep_after_first:
-                time.sleep(sleep_after_first)
-            if count["n"] == step:
-                os.kill(os.getpid(), signal.SIGTERM)
-        return real(pending, progress, ctx, epoch, global_step, guard)
-
-    monkeypatch.setattr(loop_module, "_flush", deliver)
 
 
 # --- 1. a directory that holds a run is never overwritten -------------------------------------------
@@ -168,7 +150,7 @@ def test_previous_sigterm_handler_is_chained_after_the_checkpoint(
         calls.append((signum, (tmp_path / "checkpoints" / "last.pt").is_file()))
 
     old = signal.signal(signal.SIGTERM, launcher_handler)
-    _sigterm_at_step(monkeypatch, 2)
+    sigterm_at_step(monkeypatch, 2)
     try:
         summary = train(compose_cfg([*TINY, "trainer.epochs=3"]), tmp_path)
         assert summary["status"] == "preempted"
@@ -397,7 +379,7 @@ def test_fp16_on_cpu_warns_and_suggests_bf16(tmp_path: Path) -> None:
 def test_resumed_epoch_time_agrees_with_its_throughput(tmp_path: Path, monkeypatch) -> None:
     real = loop_module._flush
     # the 0.5 s after step 1 is training time before the stop: it must count in the resumed epoch
-    _sigterm_at_step(monkeypatch, 2, sleep_after_first=0.5)
+    sigterm_at_step(monkeypatch, 2, sleep_after_first=0.5)
     _run(tmp_path)
     monkeypatch.setattr(loop_module, "_flush", real)
     _run(tmp_path, "trainer.resume=auto")

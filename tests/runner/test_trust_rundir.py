@@ -20,7 +20,8 @@ import pytest
 from mlfsnn.errors import UserError
 from mlfsnn.files import append_bytes, atomic_write_text
 from mlfsnn.runner.outputs import MetricsLog
-from runner_utils import TINY
+from mlfsnn.runner.trainer import train
+from runner_utils import TINY, compose_cfg, sigterm_at_step
 
 BIN = Path(sys.executable).parent
 ONE = [*TINY, "trainer.epochs=1"]
@@ -254,3 +255,16 @@ def test_an_overlong_run_dir_is_one_line(tmp_path: Path) -> None:
     proc = _train(tmp_path, f"hydra.run.dir=runs/{'a' * 300}")
     _one_line_error(proc, "hydra.run.dir", "255")
     assert not (tmp_path / "runs").exists()
+
+
+def test_wall_time_counts_every_process_of_a_resumed_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sigterm_at_step(monkeypatch, 2, sleep_after_first=1.0)  # the first process spends > 1 s
+    first = train(compose_cfg(ONE), tmp_path)
+    assert first["status"] == "preempted"
+    monkeypatch.undo()
+    resumed = train(compose_cfg([*ONE, "trainer.resume=auto"]), tmp_path)
+    assert resumed["status"] == "ok"
+    assert resumed["wall_time_s"] >= resumed["process_wall_time_s"] + 1.0
+    assert resumed["wall_time_s"] >= first["wall_time_s"]
