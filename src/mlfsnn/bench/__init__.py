@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ReportError
 from .markdown import to_markdown
 from .neuron import IMPLS, neuron_benchmark
 from .steps import (
@@ -105,9 +106,21 @@ def run(
 
 
 def write(result: dict[str, Any], out: Path) -> str:
-    """Write ``bench.json`` and ``bench.md`` into ``out``; returns the Markdown."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=2))
+    """Write ``bench.json`` and ``bench.md`` into ``out``; returns the Markdown.
+
+    Both are written as one set (:func:`mlfsnn.report.writing.write_together`): a link planted at
+    either name is replaced, not written through, and a full disk leaves the previous pair intact
+    (minutes of benchmarking must not end in a cut JSON). Raises :class:`~mlfsnn.errors.ReportError`
+    ``cannot write <file>: <reason>``.
+    """
+    from ..report.writing import write_together
+
     text = to_markdown(result)
-    (out / "bench.md").write_text(text)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"cannot create --out {out}: {exc.strerror or exc}") from exc
+    write_together(
+        [(out / "bench.json", json.dumps(result, indent=2).encode()), (out / "bench.md", text.encode())]
+    )
     return text

@@ -33,6 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text, ensure_dir
+
 NO_CUDA = "gpu_check: no CUDA device here; nothing to do"
 TOTAL_BUDGET_S = 470.0  # 7 min 50 s: the whole run, on top of which come only the machine's start
 GRACE_S = 10.0  # a section past budget + grace is killed
@@ -119,7 +121,8 @@ def run_child(cmd: list[str], budget: float, part_file: Path, log: Path) -> dict
     section entry: the child's own record, or what it left before it was killed or crashed."""
     t0 = time.monotonic()
     part_file.unlink(missing_ok=True)  # a previous run's record must not pass for this one's
-    with open(log, "w") as out:
+    log.unlink(missing_ok=True)  # and "x" (O_EXCL) never opens through a link planted at the name
+    with open(log, "xb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         killed = False
         try:
@@ -223,11 +226,11 @@ def _guarded(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 def _write(report: dict[str, Any], out: Path) -> None:
     from .gpu_markdown import gpu_check_markdown
 
+    # Rewritten after every section, so a run killed midway leaves a whole pair; atomic_write also
+    # replaces a link planted at either name instead of writing through it.
     for name, text in (("gpu_check.json", json.dumps(report, indent=1, default=str)),
                        ("gpu_check.md", gpu_check_markdown(report))):  # fmt: skip
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        atomic_write_text(out / name, text)
 
 
 def _section_cmd(name: str, args: argparse.Namespace, budget: float, part_file: Path) -> list[str]:
@@ -250,7 +253,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
 def _run_sections(args: argparse.Namespace) -> dict[str, Any]:
     start = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "logs").mkdir(exist_ok=True)
+    ensure_dir(args.out / "logs")  # a linked logs folder would put the section logs elsewhere
     sections: dict[str, Any] = {}
     report = {
         "mode": "cpu-smoke" if args.cpu_smoke else "cuda",

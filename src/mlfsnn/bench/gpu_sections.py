@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..files import atomic_write_text
 from .neuron import neuron_benchmark
 from .steps import CompileOptions, cuda_step_memory, train_rows, train_setup
 from .timing import interleaved, wall_call
@@ -77,9 +77,7 @@ class Part:
 
     def save(self) -> None:
         data = {"status": self.status, "result": self.result, "error": self.error}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(data, indent=1, default=str))
 
 
 def neuron_section(device: torch.device, smoke: bool, budget: Budget, part: Part) -> None:

@@ -36,7 +36,9 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
     try:
         return report(args.dirs, args.out)
     except OSError as exc:  # an unwritable --out or an unreadable tree is the user's to fix, not a bug
-        raise ReportError(one_line(exc)) from exc
+        # report() names the file of every write it makes; this is for what it does not foresee.
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise ReportError(f"{where}{exc.strerror or one_line(exc)}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

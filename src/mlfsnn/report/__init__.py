@@ -7,14 +7,17 @@ their best-val epoch (honest model selection) next to the paper's best-test conv
 without ``summary.json`` (crashed, or still training) is reported as incomplete from its
 ``metrics.jsonl`` and ``.hydra/config.yaml``.
 
-:mod:`.runs` reads and groups, :mod:`.tables` renders report.md / report.csv, :mod:`.plots` draws the
-PNGs, :mod:`.optuna` adds the best trial of Optuna sweeps (a report.md section, best_trial.csv).
-This package reads run directories only; it imports nothing that trains.
+:mod:`.rundirs` finds and reads run directories, :mod:`.runs` groups, :mod:`.tables` renders
+report.md / report.csv, :mod:`.plots` draws the PNGs, :mod:`.optuna` adds the best trial of Optuna
+sweeps (a report.md section, best_trial.csv), :mod:`.writing` writes them all as one set (no link
+followed, a full disk leaves the previous report whole). This package reads run directories only; it
+imports nothing that trains.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 from pathlib import Path
@@ -22,8 +25,10 @@ from typing import Any
 
 from ..errors import ReportError
 from .optuna import best_trial_csv, best_trial_lines, best_trial_markdown, find_best_trials, insert_section
-from .runs import Row, Run, build_rows, find_run_dirs, label_runs, load_paper_results, load_run
+from .rundirs import find_run_dirs, label_runs, load_run
+from .runs import Row, Run, build_rows, load_paper_results
 from .tables import csv_rows, markdown, markdown_table
+from .writing import write_together
 
 __all__ = [
     "ReportError",
@@ -54,7 +59,10 @@ def report(dirs: list[Path], out: Path | None = None) -> dict[str, Any]:
     if out is None:
         common = Path(os.path.commonpath([d.resolve() for d in dirs]))
         out = common / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
     runs = [load_run(path, label) for path, label in labelled]
     try:
         paper = load_paper_results()
@@ -68,14 +76,27 @@ def report(dirs: list[Path], out: Path | None = None) -> dict[str, Any]:
     sources = [d.resolve().name or str(d) for d in dirs]
     trials = find_best_trials(dirs, runs)  # Optuna sweeps: their optimization_results.yaml
     text = insert_section(markdown(rows, keys, runs, paper, plots, sources), best_trial_markdown(trials))
-    (out / "report.md").write_text(text.rstrip() + "\n")
-    with open(out / "report.csv", "w", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows(csv_rows(rows, keys))
-    written = [out / "report.md", out / "report.csv"]
+    # Everything is rendered before anything is written, and written as one set (write_together):
+    # report.md comes first in the list, so it is renamed into place last. A failure (a full disk)
+    # leaves every previous file as it was; and a reader who finds a new report.md finds the new
+    # CSV and plots it describes beside it, since those were renamed before it.
+    files = [
+        (out / "report.md", (text.rstrip() + "\n").encode()),
+        (out / "report.csv", _csv(csv_rows(rows, keys))),
+    ]
     if trials:
-        with open(out / "best_trial.csv", "w", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerows(best_trial_csv(trials))
-        written.append(out / "best_trial.csv")
-    written += [p.path for p in plots if p.path is not None]
+        files.append((out / "best_trial.csv", _csv(best_trial_csv(trials))))
+    files += [(p.path, p.data) for p in plots if p.path is not None]
+    write_together(files)
+    for p in plots:  # a stale plot from an earlier report would mislead; gone only once the rest stands
+        if p.path is None:
+            (out / p.name).unlink(missing_ok=True)
+    written = [path for path, _ in files]
     table, best = markdown_table(rows, keys), best_trial_lines(trials)
     return {"table": table, "best_trials": best, "written": written, "rows": rows, "runs": runs}
+
+
+def _csv(rows: list[list[str]]) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue().encode()

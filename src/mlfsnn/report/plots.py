@@ -4,7 +4,9 @@ variant), per-layer firing rate and dormant ratio (one line per variant).
 Depth and K plots show the test accuracy at the best-val epoch when a run has a val split, else the
 paper's best-test convention, and say which on the axis.
 
-Each plot is skipped, with a reason the report prints, when the runs hold no data for it. Figures are
+Each plot is skipped, with a reason the report prints, when the runs hold no data for it. Plots are
+drawn into memory (PNG bytes); :func:`mlfsnn.report.report` writes them with the tables, as one set
+(:mod:`.writing`), so a failed write never leaves a cut PNG or a link target overwritten. Figures are
 built with the object-oriented matplotlib API on the Agg canvas, so no display and no pyplot global
 state are involved (the report may run inside a test process or on a headless node).
 
@@ -14,13 +16,14 @@ when it draws: reading runs and writing tables never pay for it.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -40,23 +43,27 @@ Point = tuple[Any, float, float | None]  # x (depth or K), mean over seeds, std 
 
 @dataclass
 class Plot:
-    """One plot of the report: drawn (``path``) or skipped, with the reason the report prints."""
+    """One plot of the report: drawn (``path``, ``data``) or skipped, with the reason the report prints."""
 
     name: str  # file name in the output folder
     title: str
     path: Path | None = None  # None: skipped
     reason: str = ""
+    data: bytes = b""  # the PNG, not yet written: the report writes it with the tables
 
 
 def _figure(width: float = 7.0, height: float = 4.5) -> Figure:
     return Figure(figsize=(width, height), dpi=_DPI)
 
 
-def _save(fig: Figure, ax: Axes, path: Path, legend: bool = True) -> None:
+Sink = IO[bytes]  # where a plot function puts its PNG (an io.BytesIO in make_plots)
+
+
+def _save(fig: Figure, ax: Axes, sink: Sink, legend: bool = True) -> None:
     if legend:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(True, alpha=0.3)
-    fig.savefig(path, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(sink, format="png", bbox_inches="tight", metadata={"Software": None})
 
 
 def _style(i: int) -> str:
@@ -64,7 +71,7 @@ def _style(i: int) -> str:
     return ("-", "--", ":", "-.")[i // 10 % 4]
 
 
-def plot_curves(rows: list[Row], keys: list[str], path: Path) -> str | None:
+def plot_curves(rows: list[Row], keys: list[str], sink: Sink) -> str | None:
     """Test accuracy per epoch, one line per row with a mean ± std band; the skip reason, or None."""
     curves = {row.number: accuracy_curve(row) for row in rows}
     if not any(curves.values()):
@@ -84,7 +91,7 @@ def plot_curves(rows: list[Row], keys: list[str], path: Path) -> str | None:
             ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy (mean ± std over seeds)")
-    _save(fig, ax, path)
+    _save(fig, ax, sink)
     return None
 
 
@@ -146,7 +153,7 @@ def _band(ax: Axes, xs: list[Any], points: list[tuple[float, float | None]], **k
 
 
 def _plot_sweep(
-    series: list[tuple[Row, list[Point]]], labels: list[str], axes: tuple[str, str, str], path: Path
+    series: list[tuple[Row, list[Point]]], labels: list[str], axes: tuple[str, str, str], sink: Sink
 ) -> None:
     xlabel, ylabel, title = axes
     fig = _figure()
@@ -156,11 +163,11 @@ def _plot_sweep(
     ticks = sorted({p[0] for _, points in series for p in points})
     ax.set_xticks(ticks, [format_value(t) for t in ticks])
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    _save(fig, ax, path)
+    _save(fig, ax, sink)
 
 
 def _plot_against(
-    rows: list[Row], keys: list[str], key: str, xlabel: str, name: str, path: Path
+    rows: list[Row], keys: list[str], key: str, xlabel: str, name: str, sink: Sink
 ) -> str | None:
     """Accuracy against config ``key``, one line per other varying key, mean ± std over seeds."""
     attr, ylabel = _metric(rows)
@@ -169,18 +176,18 @@ def _plot_against(
         return f"{name} does not vary with all other keys equal"
     labels = _labels([s[0] for s in series], keys, skip=(key,))
     title = f"Accuracy against {name.split(' (')[0]} (mean ± std over seeds)"
-    _plot_sweep(series, labels, (xlabel, ylabel, title), path)
+    _plot_sweep(series, labels, (xlabel, ylabel, title), sink)
     return None
 
 
-def plot_depth(rows: list[Row], keys: list[str], path: Path) -> str | None:
+def plot_depth(rows: list[Row], keys: list[str], sink: Sink) -> str | None:
     """Accuracy against depth, one line per variant (all other keys equal), mean ± std over seeds."""
-    return _plot_against(rows, keys, "model.depth", "network depth (layers)", "depth", path)
+    return _plot_against(rows, keys, "model.depth", "network depth (layers)", "depth", sink)
 
 
-def plot_levels(rows: list[Row], keys: list[str], path: Path) -> str | None:
+def plot_levels(rows: list[Row], keys: list[str], sink: Sink) -> str | None:
     """Accuracy against K, one line per block type (and any other varying key), mean ± std."""
-    return _plot_against(rows, keys, "neuron.levels", "K, MLF levels (K=1: LIF)", "K (neuron.levels)", path)
+    return _plot_against(rows, keys, "neuron.levels", "K, MLF levels (K=1: LIF)", "K (neuron.levels)", sink)
 
 
 def short_layer(name: str) -> str:
@@ -216,7 +223,7 @@ def _layer_depth(rows: list[Row]) -> Any:
     return best[0]
 
 
-def plot_layers(rows: list[Row], keys: list[str], key: str, path: Path) -> str | None:
+def plot_layers(rows: list[Row], keys: list[str], key: str, sink: Sink) -> str | None:
     """``key`` (firing_rate or dormant_ratio) per layer in network order, one line per variant at one
     depth: mean ± std over seeds at the last evaluated epoch."""
     stats = {row.number: layer_stats(row, key) for row in rows}
@@ -240,14 +247,15 @@ def plot_layers(rows: list[Row], keys: list[str], key: str, path: Path) -> str |
     where = f", depth {format_value(depth)}" if depth is not None else ""
     ax.set(ylabel=what, title=f"{what.split(' (')[0].capitalize()} per layer{where} (mean ± std over seeds)")
     ax.set_ylim(bottom=0)
-    _save(fig, ax, path)
+    _save(fig, ax, sink)
     return None
 
 
 def make_plots(rows: list[Row], keys: list[str], out: Path) -> list[Plot]:
-    """Draw every plot that has data into ``out``; returns what was drawn and what was skipped."""
+    """Draw every plot that has data, into memory; returns what was drawn (``path`` in ``out`` and
+    ``data``, for the caller to write) and what was skipped. Nothing is written or removed here."""
     what = "test @ best val" if any_val(rows) else "best test, paper conv."
-    plots: list[tuple[Plot, Callable[[Path], str | None]]] = [
+    plots: list[tuple[Plot, Callable[[Sink], str | None]]] = [
         (Plot("accuracy_curves.png", "test accuracy per epoch"), lambda p: plot_curves(rows, keys, p)),
         (
             Plot("accuracy_vs_depth.png", f"accuracy against depth ({what})"),
@@ -267,20 +275,19 @@ def make_plots(rows: list[Row], keys: list[str], out: Path) -> list[Plot]:
         ),
     ]
     for plot, draw in plots:
-        target = out / plot.name
-        reason = "no runs with a configuration" if not rows else _draw(draw, target)
+        sink = io.BytesIO()
+        reason = "no runs with a configuration" if not rows else _draw(draw, plot.name, sink)
         if reason is None:
-            plot.path = target
+            plot.path, plot.data = out / plot.name, sink.getvalue()
         else:
             plot.reason = reason
-            target.unlink(missing_ok=True)  # a stale plot from an earlier report would mislead
     return [plot for plot, _ in plots]
 
 
-def _draw(draw: Callable[[Path], str | None], target: Path) -> str | None:
+def _draw(draw: Callable[[Sink], str | None], name: str, sink: Sink) -> str | None:
     # Odd data in one run must not cost the tables and the other plots; the reason says what broke.
     try:
-        return draw(target)
+        return draw(sink)
     except Exception as exc:
-        print(f"warning: {target.name} not drawn ({type(exc).__name__}: {exc})", file=sys.stderr)
+        print(f"warning: {name} not drawn ({type(exc).__name__}: {exc})", file=sys.stderr)
         return f"drawing failed: {type(exc).__name__}"

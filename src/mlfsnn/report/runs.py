@@ -1,8 +1,5 @@
-"""Finding run directories, reading them, grouping runs into configurations, and the statistics
-over a configuration's seeds (for snn-report).
-
-A run directory is any folder holding ``metrics.jsonl`` or ``summary.json``; its configuration comes
-from ``summary.json`` (resolved) or, for runs that never finished, ``.hydra/config.yaml``.
+"""Runs, grouping runs into configurations, and the statistics over a configuration's seeds (for
+snn-report). Finding and reading run directories is :mod:`.rundirs`.
 """
 
 from __future__ import annotations
@@ -10,7 +7,6 @@ from __future__ import annotations
 import importlib.resources
 import json
 import math
-import os
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -26,11 +22,8 @@ __all__ = [
     "any_val",
     "build_rows",
     "canon",
-    "find_run_dirs",
-    "label_runs",
     "layer_stats",
     "load_paper_results",
-    "load_run",
     "match_paper",
     "sort_key",
     "varying_keys",
@@ -214,91 +207,6 @@ def _stat(values: list[Any]) -> tuple[float | None, float | None, int]:
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals)
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    # Lists stay leaves: model.widths is one value, not three keys.
-    if not isinstance(node, dict):
-        return {prefix: node} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def _lenient_container(node: Any) -> Any:
-    """Resolve what resolves; keep the ``${...}`` text of an interpolation that does not (e.g. a
-    resolver only registered inside Hydra), so one odd key cannot hide the whole config."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    if isinstance(node, (DictConfig, ListConfig)):
-        raw = OmegaConf.to_container(node, resolve=False)
-        keys = list(node.keys()) if isinstance(node, DictConfig) else list(range(len(node)))
-        out = {} if isinstance(node, DictConfig) else []
-        for key in keys:
-            try:
-                value = _lenient_container(node[key])
-            except OmegaConfBaseException:
-                value = raw[key]
-            if isinstance(out, dict):
-                out[str(key)] = value
-            else:
-                out.append(value)
-        return out
-    return node
-
-
-def find_run_dirs(root: Path) -> list[Path]:
-    """Every directory below ``root`` (itself included) holding metrics.jsonl or summary.json."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        if "metrics.jsonl" in filenames or "summary.json" in filenames:
-            found.append(here)
-            dirnames[:] = []  # a run does not contain runs; and skip its checkpoints
-            continue
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-    return found
-
-
-def load_run(path: Path, label: str) -> Run:
-    """Read one run directory; damaged files become ``problems``, never exceptions."""
-    problems: list[str] = []
-    summary = None
-    if (path / "summary.json").is_file():
-        try:
-            summary = json.loads((path / "summary.json").read_text())
-            if not isinstance(summary, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as exc:
-            problems.append(f"summary.json unreadable ({exc})")
-            summary = None
-    metrics: list[dict[str, Any]] = []
-    if (path / "metrics.jsonl").is_file():
-        for i, line in enumerate((path / "metrics.jsonl").read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                problems.append(f"metrics.jsonl line {i} unreadable")  # e.g. cut short by a crash
-                continue
-            if isinstance(row, dict):
-                metrics.append(row)
-    config: dict[str, Any] = {}
-    if summary is not None and isinstance(summary.get("config"), dict):
-        config = summary["config"]
-    elif (path / ".hydra" / "config.yaml").is_file():
-        from omegaconf import OmegaConf
-
-        try:
-            config = _lenient_container(OmegaConf.load(path / ".hydra" / "config.yaml"))
-        except Exception as exc:  # a damaged YAML file: report the run, do not stop the report
-            problems.append(f".hydra/config.yaml unreadable ({type(exc).__name__})")
-    if not config:
-        problems.append("no configuration (neither summary.json nor .hydra/config.yaml)")
-    return Run(path, label, _flatten(config), metrics, summary, problems)
-
-
 def canon(value: Any) -> str:
     """A hashable, order-independent text for a config value, so lists and dicts can group runs."""
     return json.dumps(value, sort_keys=True, default=str)
@@ -379,16 +287,3 @@ def load_paper_results() -> list[dict[str, Any]]:
     text = importlib.resources.files("mlfsnn.report").joinpath("paper_results.yaml").read_text()
     entries = (yaml.safe_load(text) or {}).get("entries") or []
     return [e for e in entries if isinstance(e, dict)]
-
-
-def label_runs(dirs: list[Path]) -> list[tuple[Path, str]]:
-    """(run dir, label) for every run below ``dirs``, labelled relative to their common parent so that
-    a report reads the same wherever the runs live; overlapping DIRs list a run once."""
-    base = Path(os.path.commonpath([d.resolve() for d in dirs]))
-    seen: dict[Path, str] = {}
-    for d in dirs:
-        for run_dir in find_run_dirs(d):
-            real = run_dir.resolve()
-            rel = Path(os.path.relpath(real, base)).as_posix()
-            seen.setdefault(real, real.name if rel == "." else rel)
-    return sorted(seen.items(), key=lambda kv: _natural(kv[1]))

@@ -2,9 +2,10 @@
 and the firing rate per time step, every MLF layer in network order.
 
 Inputs are plain arrays keyed by layer name (what :class:`mlfsnn.nn.observe.SpikeRecorder` records,
-converted by the caller), so this module needs nothing from the rest of the package. Figures are built
-with the object-oriented matplotlib API on the Agg canvas, like :mod:`.plots`: no display, no pyplot
-state.
+converted by the caller). Figures are built with the object-oriented matplotlib API on the Agg
+canvas, like :mod:`.plots`: no display, no pyplot state. Every figure is drawn into memory first and
+the files are then written as one set (:mod:`.writing`): a link planted at a name is replaced, never
+written through, and a full disk leaves the previous plots whole.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from .plots import short_layer
+from .writing import png_bytes, write_together
 
 __all__ = ["RASTER_NEURONS", "level_colors", "plot_raster", "plot_rates", "subsample", "write_spike_plots"]
 
@@ -63,8 +65,8 @@ def _raster_panel(ax: Axes, name: str, counts: np.ndarray, levels: int) -> None:
     ax.tick_params(labelsize="x-small")
 
 
-def plot_raster(rasters: Mapping[str, np.ndarray], levels: int, path: Path, title: str) -> None:
-    """One panel per layer: ``rasters[name]`` is ``[T, neurons]`` spike counts 0..``levels``."""
+def plot_raster(rasters: Mapping[str, np.ndarray], levels: int, title: str) -> bytes:
+    """The PNG of one panel per layer: ``rasters[name]`` is ``[T, neurons]`` spike counts 0..``levels``."""
     names = list(rasters)
     rows = -(-len(names) // _COLUMNS)
     cols = min(_COLUMNS, len(names))
@@ -83,11 +85,12 @@ def plot_raster(rasters: Mapping[str, np.ndarray], levels: int, path: Path, titl
     fig.suptitle(title)
     fig.supxlabel("time step")
     fig.supylabel("neuron index (evenly spaced subsample)")
-    fig.savefig(path, metadata={"Software": None})
+    return png_bytes(fig, metadata={"Software": None})
 
 
-def plot_rates(rates: Mapping[str, np.ndarray], path: Path, title: str) -> None:
-    """One line per layer: ``rates[name]`` is ``[T]`` spikes per neuron per step; colour follows depth."""
+def plot_rates(rates: Mapping[str, np.ndarray], title: str) -> bytes:
+    """The PNG of one line per layer: ``rates[name]`` is ``[T]`` spikes per neuron per step; colour
+    follows depth."""
     names = list(rates)
     fig = Figure(figsize=(8.5, 4.8), dpi=_DPI, layout="constrained")
     ax = fig.add_subplot()
@@ -108,7 +111,7 @@ def plot_rates(rates: Mapping[str, np.ndarray], path: Path, title: str) -> None:
         ncol=2 if len(names) > 24 else 1,
         frameon=False,
     )
-    fig.savefig(path, metadata={"Software": None})
+    return png_bytes(fig, metadata={"Software": None})
 
 
 def write_spike_plots(
@@ -124,20 +127,20 @@ def write_spike_plots(
 
     Files: ``<stem>_spike_raster.png`` (``_1``, ``_2``, ... past 24 layers) and
     ``<stem>_firing_rate_per_step.png``. ``samples`` (the number the rates average over) goes in the
-    rate plot's title.
+    rate plot's title. A file that cannot be written raises :class:`~mlfsnn.errors.ReportError`
+    (``cannot write <file>: <reason>``), the previous plots left as they were.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    files: list[tuple[Path, bytes]] = []
     names = list(rasters)
     chunks: Sequence[list[str]] = [names[i : i + _PANELS] for i in range(0, len(names), _PANELS)]
     for i, chunk in enumerate(chunks, 1):
         suffix = f"_{i}" if len(chunks) > 1 else ""
         part = f", layers {(i - 1) * _PANELS + 1}-{(i - 1) * _PANELS + len(chunk)}" if len(chunks) > 1 else ""
-        path = out_dir / f"{stem}_spike_raster{suffix}.png"
-        plot_raster({n: rasters[n] for n in chunk}, levels, path, f"Spike counts of {sample}{part}")
-        written.append(path)
+        data = plot_raster({n: rasters[n] for n in chunk}, levels, f"Spike counts of {sample}{part}")
+        files.append((out_dir / f"{stem}_spike_raster{suffix}.png", data))
     over = f" ({samples} test samples)" if samples else ""
-    path = out_dir / f"{stem}_firing_rate_per_step.png"
-    plot_rates(rates, path, f"Firing rate per time step{over}")
-    written.append(path)
-    return written
+    data = plot_rates(rates, f"Firing rate per time step{over}")
+    files.append((out_dir / f"{stem}_firing_rate_per_step.png", data))
+    write_together(files)
+    return [path for path, _ in files]
