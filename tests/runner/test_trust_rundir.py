@@ -268,3 +268,16 @@ def test_wall_time_counts_every_process_of_a_resumed_run(
     assert resumed["status"] == "ok"
     assert resumed["wall_time_s"] >= resumed["process_wall_time_s"] + 1.0
     assert resumed["wall_time_s"] >= first["wall_time_s"]
+
+
+def test_a_refused_optuna_rerun_leaves_trial_zero_as_it_was(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    tiny = ["+experiment=optuna_digits", *[o for o in ONE if not o.startswith("+experiment")]]
+    cmd = [str(BIN / "snn-train"), "-m", *tiny, "hydra.sweeper.n_trials=1", "hydra.sweep.dir=s"]
+    first = _cli(cmd, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = _tree(tmp_path / "s" / "0")
+    # another sampler seed proposes other hyperparameters for trial 0: not the same trajectory
+    proc = _cli([*cmd, "hydra.sweeper.sampler.seed=7", "trainer.resume=auto"], tmp_path)
+    _one_line_error(proc, "cannot resume")
+    assert _tree(tmp_path / "s" / "0") == before
