@@ -21,7 +21,7 @@ from ..errors import UserError, exit_with
 from ..runner import distributed as dist
 from ..runner.outputs import records_to
 from ..runner.preflight import created_run_dir, register_resolvers
-from ..runner.rundir import remove_created
+from ..runner.rundir import remove_created, remove_unstarted
 from ..runner.schema import check_overrides
 from ..runner.trainer import train
 from ._common import fail, one_line, user_errors_exit
@@ -76,13 +76,18 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
         exit_with(str(exc), EXIT_PEER_LOST)
     if rank0 and summary["status"] == "preempted":
         hint = f"trainer.resume=auto hydra.run.dir={run_dir}"
-        print(f"stopped by a signal, checkpoint saved; continue with: {hint}", file=sys.stderr)
+        by = summary.get("stopped_by") or "SIGTERM"
+        what = "Ctrl-C" if by == "SIGINT" else by
+        print(f"stopped by {what}, checkpoint saved; continue with: {hint}", file=sys.stderr)
+        code = 128 + getattr(signal, by, signal.SIGTERM)
         if _in_local_sweep():
             # The basic launcher runs the points one after another in this process: a stop request
             # is for the whole sweep, not only for the point that happened to be running.
             print("the sweep stops here; rerun it with trainer.resume=auto to continue", file=sys.stderr)
             # Not 0: `snn-train -m ... && snn-report` must not report a sweep that stopped half-way.
-            raise SystemExit(128 + getattr(signal, summary.get("stopped_by") or "SIGTERM", signal.SIGTERM))
+            raise SystemExit(code)
+        if by == "SIGINT":
+            raise SystemExit(code)  # 130, as a shell expects after Ctrl-C (SIGTERM keeps 0 for requeues)
     elif rank0:
         print(f"run directory: {run_dir}", file=sys.stderr)
     return objective(summary)
@@ -166,7 +171,30 @@ def main() -> None:
         user_errors_exit(lambda: check_overrides(overrides))  # before Hydra: a typo is one line, exit 2
     register_resolvers()
     sys.argv = [sys.argv[0], *rank_overrides(args)]
-    hydra.main(config_path="pkg://mlfsnn.configs", config_name="train", version_base="1.3")(_hydra_entry)()
+    try:
+        hydra.main(config_path="pkg://mlfsnn.configs", config_name="train", version_base="1.3")(
+            _hydra_entry
+        )()
+    except KeyboardInterrupt:
+        _interrupted()
+
+
+def _interrupted() -> None:
+    """Ctrl-C outside the training loop, or a second one inside it: one line, exit 130.
+
+    A run directory this process created and that holds no run yet is removed (it would count as an
+    incomplete run in snn-report); one with a checkpoint stays, to be continued.
+    """
+    created, note = created_run_dir(), ""
+    if created is not None:
+        _close_file_logs()
+        note = (
+            f"; {created} held no result yet and was removed"
+            if remove_unstarted(created)
+            else f"; continue from its last checkpoint with trainer.resume=auto hydra.run.dir={created}"
+        )
+    print(f"\nerror: interrupted (Ctrl-C){note}", file=sys.stderr)
+    raise SystemExit(128 + signal.SIGINT)
 
 
 if __name__ == "__main__":

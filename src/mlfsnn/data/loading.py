@@ -6,6 +6,7 @@ uninterrupted one, and runs reproducible across ``num_workers``.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,6 +50,12 @@ class SeededSamples(Dataset):
         return self.ds[i]
 
 
+def _ignore_sigint(_: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops them after its checkpoint
+    (a terminal sends SIGINT to the whole process group: a worker that died of it would end the epoch)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def train_loader(
     ds: Dataset,
     *,
@@ -69,6 +76,7 @@ def train_loader(
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        worker_init_fn=_ignore_sigint if num_workers else None,
     )
 
 
@@ -91,4 +99,5 @@ def test_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        worker_init_fn=_ignore_sigint if num_workers else None,
     )

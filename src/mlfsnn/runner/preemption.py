@@ -1,20 +1,26 @@
-"""Stop cleanly on SIGTERM / SIGUSR1 (what SLURM and torchrun send before killing a job).
+"""Stop cleanly on SIGTERM / SIGUSR1 (what SLURM and torchrun send before killing a job) and Ctrl-C.
 
 The handler only sets a flag; the training loop checks it at the next step boundary, writes a
 checkpoint and exits. Whatever handler was installed before (e.g. submitit's requeue handler) is
-called afterwards, so cluster launchers keep working.
+called afterwards, so cluster launchers keep working. Ctrl-C (SIGINT) does the same, once; a second
+Ctrl-C stops at once (:class:`Interrupted`, which the CLI turns into one line), without a checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
 from typing import Any
 
-__all__ = ["PreemptionGuard"]
+__all__ = ["Interrupted", "PreemptionGuard"]
 
-DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second Ctrl-C while the first one's checkpoint was pending: stop now."""
 
 
 class PreemptionGuard:
@@ -29,7 +35,12 @@ class PreemptionGuard:
         return self.signum is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.signum = signum
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise Interrupted
+        if signum == signal.SIGINT:
+            # os.write, not print: a handler that prints while tqdm is printing would fail (reentrant)
+            os.write(2, b"\nCtrl-C: stopping after this step with a checkpoint; Ctrl-C again stops at once\n")
+        self.signum = self.signum or signum
 
     def __enter__(self) -> PreemptionGuard:
         if threading.current_thread() is threading.main_thread():  # signals can only be set there
@@ -50,7 +61,7 @@ class PreemptionGuard:
         """
         handlers = self._previous or self._chain_to
         previous = handlers.get(self.signum) if self.signum is not None else None
-        if callable(previous):
+        if callable(previous) and previous is not signal.default_int_handler:  # that would raise
             previous(self.signum, None)
 
     @property

@@ -36,6 +36,7 @@ __all__ = [
     "refuse_links_in_run_dir",
     "release_run_dir",
     "remove_created",
+    "remove_unstarted",
     "run_files",
     "save_hydra_files",
 ]
@@ -216,6 +217,21 @@ def remove_created(run_dir: Path) -> None:
     release_run_dir(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     _remove_empty_parents(run_dir)
+
+
+def remove_unstarted(run_dir: Path) -> bool:
+    """Remove a run directory this process created and stopped before any result (no checkpoint, no
+    epoch logged, no summary), as :func:`remove_created` does; returns whether it is gone."""
+    metrics = run_dir / "metrics.jsonl"
+    has_rows = metrics.is_file() and metrics.stat().st_size > 0
+    ckpts = run_dir / "checkpoints"
+    started = has_rows or (run_dir / "summary.json").is_file() or (ckpts.is_dir() and any(ckpts.glob("*.pt")))
+    if started:
+        return False
+    release_run_dir(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    _remove_empty_parents(run_dir)
+    return not run_dir.exists()
 
 
 def _remove_empty_parents(run_dir: Path) -> None:
