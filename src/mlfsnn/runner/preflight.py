@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,12 @@ class Preflight:
 
     def on_run_start(self, config: DictConfig, **_: Any) -> None:
         try:
+            if _launcher(config) != "basic":
+                chosen = OmegaConf.select(config, "hydra.runtime.choices", default={}).get("hydra/launcher")
+                raise ConfigError(
+                    f"hydra/launcher={chosen} takes effect only for a sweep: add -m (or --multirun) to "
+                    "launch through it; without -m the run would start here, on this machine"
+                )
             validate(config)
             check_memory(config)
             if dist.env_rank() != 0:
@@ -75,6 +82,11 @@ class Preflight:
 
     def on_multirun_start(self, config: DictConfig, **_: Any) -> None:
         try:
+            if _launcher(config) == "slurm" and shutil.which("srun") is None:
+                raise ConfigError(
+                    "hydra/launcher=slurm needs a SLURM cluster (no srun on PATH here): run it on a "
+                    "login node, or use hydra/launcher=local_parallel on this machine; nothing was run"
+                )
             jobs = _sweep_jobs(config)
         except UserError as exc:
             exit_with(one_line(exc))
@@ -101,6 +113,15 @@ class Preflight:
     def on_multirun_end(self, **_: Any) -> None: ...
     def on_job_start(self, **_: Any) -> None: ...
     def on_job_end(self, **_: Any) -> None: ...
+
+
+def _launcher(config: DictConfig) -> str:
+    """``basic``, ``slurm`` (submitit), ``joblib`` or the target's class name."""
+    target = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    for marker, name in (("BasicLauncher", "basic"), ("Slurm", "slurm"), ("Joblib", "joblib")):
+        if marker in target:
+            return name
+    return target.rsplit(".", 1)[-1] or "basic"
 
 
 def _sweep_jobs(config: DictConfig) -> list[tuple[str, DictConfig]]:
