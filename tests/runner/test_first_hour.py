@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -36,3 +37,27 @@ def test_a_launcher_without_multirun_is_one_line(tmp_path: Path) -> None:
     proc = _cli([str(BIN / "snn-train"), "+experiment=digits", "hydra/launcher=local_parallel"], tmp_path)
     _one_line_error(proc, "hydra/launcher=local_parallel", "-m")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_crashed_sweep_job_is_reported_as_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlfsnn.runner.loop as loop_module
+    from mlfsnn.cli.report import main as report_main
+    from mlfsnn.runner.trainer import train
+    from runner_utils import TINY, compose_cfg
+
+    one = [*TINY, "trainer.epochs=1"]
+    assert train(compose_cfg([*one, "trainer.seed=1"]), tmp_path / "sweep" / "0")["status"] == "ok"
+
+    def crash(*_, **__):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(loop_module, "_flush", crash)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        train(compose_cfg([*one, "trainer.seed=2"]), tmp_path / "sweep" / "1")
+    monkeypatch.undo()
+    summary = json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "illegal memory access" in summary["error"]
+    assert report_main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    problems = text.split("## Incomplete and failed runs", 1)[1]
+    assert "status failed (RuntimeError: CUDA error: an illegal memory access" in problems

@@ -288,7 +288,12 @@ def _problems_section(rows: list[Row], runs: list[Run]) -> list[str]:
     for r in problems:
         where = f"row {row_of[id(r)]}" if id(r) in row_of else "not in the table"
         what = ["no summary.json (incomplete)"] if not r.complete else []
-        what += [f"status {r.status}"] if r.complete and r.status != "ok" else []
+        error = (r.summary or {}).get("error")
+        what += (
+            [f"status {r.status}" + (f" ({error})" if error else "")]
+            if r.complete and r.status != "ok"
+            else []
+        )
         what += [*r.problems, f"{len(r.metrics)} epoch(s) in metrics.jsonl"]
         out.append(f"- `{r.label}` ({where}): {'; '.join(what)}")
     if not problems:

@@ -7,6 +7,7 @@ writes the same metrics as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -19,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import build_splits
-from ..errors import CheckpointError, one_line
+from ..errors import CheckpointError, UserError, one_line
 from ..nn import count_parameters
 from . import distributed as dist
 from .builders import build_model, build_optimizer, build_scheduler, training_model
@@ -62,6 +63,7 @@ class Trainer:
         self.t0 = time.perf_counter()
         self.finished: dict[str, Any] | None = None  # the summary of a run resumed after its end
         self._pending: tuple[int, dict[str, Any]] | None = None  # the checkpoint resume will apply
+        self.owns_run_dir = False
 
     # --- setup ----------------------------------------------------------------------------------
 
@@ -91,6 +93,7 @@ class Trainer:
                 return
         if ctx.main_rank:
             save_hydra_files(self.run_dir, cfg)
+            self.owns_run_dir = True  # from here on a crash is recorded as this run's failure
             add_file_log(self.run_dir / "train.log")
             log.info("run directory: %s", self.run_dir)
             if removed:
@@ -397,13 +400,42 @@ class Trainer:
             "config": self.resolved,
         }
 
+    def record_failure(self, exc: BaseException) -> None:
+        """A ``summary.json`` with ``status: failed`` and the error, so that snn-report lists the run
+        as failed (a crash would otherwise leave a directory that looks merely unfinished)."""
+        st = self.state
+        summary = {
+            "name": self.cfg.name,
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {one_line(exc)}"[:500],
+            "epochs_completed": st.epoch,
+            "steps": st.step,
+            "wall_time_s": st.wall_time_s + (time.perf_counter() - self.t0),
+            "config": self.resolved,
+        }
+        with contextlib.suppress(UserError):  # the disk that failed the run may fail this too
+            write_json(self.run_dir / "summary.json", summary)
+        log.error("run failed: %s (recorded in %s)", summary["error"], self.run_dir / "summary.json")
+
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train as ``cfg`` says, writing everything to ``run_dir`` (rank 0); returns the summary.
 
-    Exits with code 3 (``SystemExit``) after writing the summary when the loss became non-finite.
+    Exits with code 3 (``SystemExit``) after writing the summary when the loss became non-finite. A
+    crash (anything but a :class:`~mlfsnn.errors.UserError`) after the run directory was claimed is
+    recorded in ``summary.json`` as ``status: failed`` before it propagates.
     """
     trainer = Trainer(cfg, run_dir)
+    try:
+        return _train(trainer)
+    except Exception as exc:
+        if trainer.owns_run_dir and not isinstance(exc, UserError):
+            trainer.record_failure(exc)
+        raise
+
+
+def _train(trainer: Trainer) -> dict[str, Any]:
+    cfg = trainer.cfg
     trainer.setup()
     if trainer.finished is not None:
         release_run_dir(trainer.run_dir)
