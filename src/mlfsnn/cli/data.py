@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..data import check_dataset_config, data_os_error
 from ..data.events import EVENT_DATASETS, event_dataset
 from ..data.events.dataset import EventDataset
 from ..errors import ConfigError, DataError
@@ -62,6 +63,7 @@ def _dataset(cfg: Any) -> EventDataset:
             f"snn-data handles the event datasets ({', '.join(EVENT_DATASETS)}), not {name!r}; "
             "pick one with dataset=NAME or +experiment=NAME"
         )
+    check_dataset_config(cfg.dataset)  # every value that needs no data, before any file is touched
     return event_dataset(name, cfg.dataset, cfg.time_steps)
 
 
@@ -90,7 +92,14 @@ def prepare(cfg: Any, overrides: Sequence[str]) -> int:
     found = load_meta(ds.plan().entry) is not None
     t0 = time.perf_counter()
     entry, meta = ds.prepare(progress=True)
-    print(f"cache: {entry} ({'found' if found else f'built in {time.perf_counter() - t0:.1f} s'})")
+    took = time.perf_counter() - t0
+    if ds.built:
+        how = f"built in {took:.1f} s"
+    elif found:
+        how = "found"
+    else:  # it waited on the build lock while another process built the same entry
+        how = f"reused the entry another process built meanwhile (waited {took:.1f} s)"
+    print(f"cache: {entry} ({how})")
     print(f"dtype {meta['dtype']}, maximum count {meta['max_count']}")
     for split, s in meta["splits"].items():
         per_class = " ".join(f"{c}:{n}" for c, n in sorted(s["per_class"].items(), key=lambda kv: int(kv[0])))
@@ -194,7 +203,11 @@ def _run(args: list[str]) -> int:
     if any(arg in HELP_FLAGS for arg in overrides):
         print(_help(command))
         return 0
-    return COMMANDS[command](compose(overrides), overrides)
+    cfg = compose(overrides)
+    try:
+        return COMMANDS[command](cfg, overrides)
+    except OSError as exc:  # no reader named it: still one line naming the file
+        raise DataError(data_os_error(exc, str(cfg.dataset.name))) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,15 +8,27 @@ the model as ``[T, B, C, H, W]``.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..files import LinkRefused
+from .config_checks import check_dataset_config
 from .info import DataInfo
 
-__all__ = ["DATASETS", "DataError", "DataInfo", "build_datasets", "build_splits", "register"]
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "DataInfo",
+    "build_datasets",
+    "build_splits",
+    "check_dataset_config",
+    "data_os_error",
+    "register",
+]
 
 Builder = Callable[[Any, int], tuple[Dataset, Dataset, DataInfo]]
 DATASETS: dict[str, Builder] = {}
@@ -35,11 +47,31 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 def build_datasets(cfg: Any, time_steps: int) -> tuple[Dataset, Dataset, DataInfo]:
-    """Build ``(train, test, info)`` for ``cfg.name`` (a composed ``dataset`` config group)."""
+    """Build ``(train, test, info)`` for ``cfg.name`` (a composed ``dataset`` config group).
+
+    An ``OSError`` that no reader turned into its own message (no permission, a file where a folder
+    should be, a name too long) becomes a one-line :class:`DataError`.
+    """
     _load_builders()
     if cfg.name not in DATASETS:
         raise DataError(f"dataset.name: unknown dataset {cfg.name!r}; allowed: {', '.join(sorted(DATASETS))}")
-    return DATASETS[cfg.name](cfg, time_steps)
+    try:
+        return DATASETS[cfg.name](cfg, time_steps)
+    except OSError as exc:
+        raise DataError(data_os_error(exc, str(cfg.name))) from None
+
+
+def data_os_error(exc: OSError, dataset: str) -> str:
+    """One line for an ``OSError`` met while preparing or reading ``dataset``: the file and the reason."""
+    if isinstance(exc, LinkRefused):
+        return f"dataset {dataset}: {exc}"
+    where = exc.filename if isinstance(exc.filename, (str, bytes, os.PathLike)) else "a data file"
+    other = f" and {exc.filename2}" if getattr(exc, "filename2", None) else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return (
+        f"dataset {dataset}: cannot use {where}{other}: {reason}; check dataset.root and "
+        "dataset.cache_dir (or paths.data_dir / paths.cache_dir)"
+    )
 
 
 def build_splits(cfg: Any, time_steps: int) -> tuple[Dataset, Dataset | None, Dataset, DataInfo]:

@@ -10,11 +10,12 @@ connection themselves.
 from __future__ import annotations
 
 import hashlib
-import os
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import DataError
+from ..files import atomic_write
 
 __all__ = ["TIMEOUT_S", "fetch", "md5_matches"]
 
@@ -41,26 +42,30 @@ def fetch(url: str, dest: Path, md5: str | None = None, timeout: float = TIMEOUT
 
     Raises ``OSError`` (``urllib.error.URLError``, ``TimeoutError`` ...) when the host cannot be
     reached or stops sending for ``timeout`` seconds, and :class:`~mlfsnn.errors.DataError` when the
-    downloaded file does not have checksum ``md5``. Nothing is left at ``dest`` on failure.
+    downloaded file does not have checksum ``md5``. Nothing is left at ``dest`` on failure, and a
+    previous file there stays until the new one is complete and verified.
     """
     if md5_matches(dest, md5):
         return dest
     from tqdm import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, open(part, "wb") as out:
+    digest = hashlib.md5()
+
+    def download(out: BinaryIO) -> None:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     out.write(chunk)
+                    digest.update(chunk)
                     bar.update(len(chunk))
-        if not md5_matches(part, md5):
+
+    def verify() -> None:
+        if md5 is not None and digest.hexdigest() != md5:
             raise DataError(f"{url}: the downloaded file does not have md5 {md5} (truncated or changed)")
-        os.replace(part, dest)
-    finally:
-        if part.exists():
-            part.unlink()
+
+    # a temp file beside dest, renamed over it once verified: never written through a link planted
+    # at dest, and a failed or corrupt download leaves nothing
+    atomic_write(dest, download, before_replace=verify)
     return dest

@@ -53,6 +53,11 @@ def build_cifar10(cfg: Any, time_steps: int) -> tuple[Dataset, Dataset, DataInfo
     from torchvision import transforms as tv
 
     root = Path(os.path.expanduser(str(cfg.root))).resolve()
+    if root.exists() and not root.is_dir():  # torchvision would try to download into it
+        raise DataError(
+            f"dataset.root: {root} is a file, not a directory; set dataset.root to the folder that "
+            f"holds cifar-10-batches-py (here perhaps {root.parent})"
+        )
     normalize = [tv.ToTensor(), tv.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
     # The release flips, then crops: same order, so a seed draws the same augmentation.
     augment = [tv.RandomHorizontalFlip(), tv.RandomCrop(32, padding=4)] if cfg.augment else []

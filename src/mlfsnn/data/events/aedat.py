@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import struct
-from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +32,6 @@ __all__ = [
     "parse_header",
     "read_aedat2_dvs128",
     "read_aedat31_polarity",
-    "read_bytes",
     "validate_events",
 ]
 
@@ -57,13 +55,6 @@ class CorruptFileError(DataError):
 
     def __reduce__(self) -> tuple:  # travels back from prepare worker processes intact
         return (CorruptFileError, (self.path, self.reason))
-
-
-def read_bytes(path: str | Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise CorruptFileError(str(path), f"cannot read ({exc.strerror or exc})") from None
 
 
 def parse_header(buf: bytes, name: str) -> tuple[tuple[int, int], int]:

@@ -12,6 +12,8 @@ damaged one is discarded and rebuilt from the source data.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -24,14 +26,24 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from ...errors import DataError, UserError
+from ...files import (
+    LinkRefused,
+    atomic_write,
+    atomic_write_text,
+    ensure_dir,
+    fsync_dir,
+    open_append,
+    open_lock,
+)
+from .aedat import CorruptFileError
+from .cached import CachedFrames, FrameTransform, transform_from_cfg
 from .integrity import check_entry, data_files, file_record, first_line, not_dir, writable_dir
+from .members import read_file
 
 __all__ = [
     "CACHE_VERSION",
@@ -49,6 +61,8 @@ __all__ = [
 CACHE_VERSION = 1  # bump when readers or framing change what a parameter set produces
 _META = "meta.json"
 CACHE_KEY = "dataset.cache_dir"  # how messages name the cache root (paths.cache_dir by default)
+_META_CAP = 64 << 20  # meta.json lists every sample id: about 1 MB for CIFAR10-DVS's 10 000
+_CHUNK = 256  # samples narrowed and written at a time
 log = logging.getLogger(__name__)
 
 
@@ -67,10 +81,11 @@ def entry_dir(cache_dir: str | Path, dataset: str, params: dict[str, Any]) -> Pa
 def load_meta(entry: Path) -> dict[str, Any] | None:
     """The entry's metadata, or None when the entry does not exist (or is not a complete entry)."""
     try:
-        meta = json.loads((entry / _META).read_text())
-    except (OSError, ValueError):
+        # bounded, regular files only: a meta.json linked to /dev/zero must not be read without end
+        meta = json.loads(read_file(entry / _META, _META_CAP))
+    except (CorruptFileError, ValueError):
         return None
-    return meta if meta.get("version") == CACHE_VERSION else None
+    return meta if isinstance(meta, dict) and meta.get("version") == CACHE_VERSION else None
 
 
 def locked_build(
@@ -99,12 +114,15 @@ def locked_build(
             meta, seen, damage = _inspect(entry)
             if meta is not None and damage is None:
                 return entry, meta
-        if seen is not None:
-            damage = damage or f"{_META}: not a complete cache entry"
-            log.warning("damaged cache entry %s/%s; discarding the entry and rebuilding it", entry, damage)
-            _discard(entry)
-        for stale in entry.parent.glob(f".{entry.name}.tmp-*"):
-            _discard(stale)
+        try:
+            if seen is not None:
+                damage = damage or f"{_META}: not a complete cache entry"
+                log.warning("damaged cache entry %s/%s; discarding it and rebuilding it", entry, damage)
+                _discard(entry)
+            for stale in entry.parent.glob(f".{entry.name}.tmp-*"):
+                _discard(stale)
+        except OSError as exc:
+            raise DataError(_cache_os_error(exc, entry.parent, "cannot remove an old entry")) from None
         if damage is None:
             return build()
         try:
@@ -124,8 +142,8 @@ def _identity(entry: Path) -> tuple[int, bytes] | None:
     except OSError:
         return None
     try:
-        return ino, (entry / _META).read_bytes()
-    except OSError:
+        return ino, read_file(entry / _META, _META_CAP)
+    except CorruptFileError:
         return ino, b""
 
 
@@ -140,13 +158,30 @@ def _inspect(entry: Path) -> tuple[dict[str, Any] | None, tuple[int, bytes] | No
     return meta, seen, check_entry(entry, meta)
 
 
+def _cache_os_error(exc: OSError, folder: Path, what: str, partial: bool = False) -> str:
+    """The one line for an ``OSError`` while writing the cache: the folder, the reason, what to do."""
+    removed = "the partial entry was removed; " if partial else ""
+    if isinstance(exc, LinkRefused):  # its message already says what to do
+        return f"{CACHE_KEY}: {what} in {folder}: {exc} ({removed}or point {CACHE_KEY} elsewhere)"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = "free space there" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+    return f"{CACHE_KEY}: {what} in {folder}: {reason}; {removed}{fix} or point {CACHE_KEY} at another folder"
+
+
 @contextmanager
 def _build_lock(entry: Path) -> Iterator[None]:
     locks = entry.parent.parent / ".locks"  # beside the dataset folders, so those hold entries only
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{entry.parent.name}-{entry.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        ensure_dir(locks)
+        # never open(..., "w"): a link planted under the lock's name would have its target truncated
+        fd = open_lock(locks / f"{entry.parent.name}-{entry.name}.lock")
+    except OSError as exc:
+        raise DataError(_cache_os_error(exc, locks, "cannot open the build lock")) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 def _discard(path: Path) -> None:
@@ -169,32 +204,67 @@ def _narrowest(max_count: int) -> np.dtype:
     return np.dtype(np.uint64)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_npy(f: BinaryIO, data: np.ndarray, dtype: np.dtype) -> None:
+    """``data`` as a ``.npy`` file of ``dtype``, converted and written ``_CHUNK`` samples at a time.
+
+    Plain writes, not a writable memory map: on a full disk a write fails with ``ENOSPC``, where a
+    store into a mapped page of a sparse file kills the process with ``SIGBUS``.
+    """
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": data.shape}
+    np.lib.format.write_array_header_1_0(f, header)
+    f.flush()
+    for i in range(0, len(data), _CHUNK):
+        _write_all(f.fileno(), np.ascontiguousarray(data[i : i + _CHUNK], dtype=dtype).tobytes())
+
+
 class CacheWriter:
-    """Builds one entry: ``add`` samples split by split, then ``commit``; ``abort`` on failure."""
+    """Builds one entry: ``add`` samples split by split, then ``commit``; ``abort`` on failure.
+
+    Any ``OSError`` while writing (a full disk, a quota, a link planted in the cache) removes the
+    temporary folder and becomes one :class:`DataError` naming the cache folder and the reason.
+    """
 
     def __init__(self, entry: Path, params: dict[str, Any], frame_shape: tuple[int, ...]) -> None:
         self.entry = entry
         self.params = params
         self.shape = tuple(frame_shape)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.tmp-", dir=entry.parent))
-        self._raw: dict[str, Any] = {}
+        self.tmp: Path | None = None
+        self._raw: dict[str, int] = {}  # split -> descriptor of its uint32 build file
         self.labels: dict[str, list[int]] = {}
         self.ids: dict[str, list[str]] = {}
         self.max_count: dict[str, int] = {}
         self.events: dict[str, int] = {}
+        with self._writing("cannot create the frame cache"):
+            ensure_dir(entry.parent)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.tmp-", dir=entry.parent))
+
+    @contextmanager
+    def _writing(self, what: str = "cannot write the frame cache") -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            self.abort()
+            raise DataError(_cache_os_error(exc, self.entry.parent, what, partial=True)) from None
 
     def add(self, split: str, frames: np.ndarray, label: int, sample_id: str) -> None:
         if frames.shape != self.shape:
             raise DataError(f"{sample_id}: frames of shape {frames.shape}, expected {self.shape}")
-        if split not in self._raw:
-            # uint32 while building (no count can wrap); narrowed at commit once the maximum is known
-            self._raw[split] = open(self.tmp / f"{split}.raw", "wb")  # noqa: SIM115
-            self.labels[split], self.ids[split] = [], []
-            self.max_count[split], self.events[split] = 0, 0
         if frames.min() < 0 or frames.max() > np.iinfo(np.uint32).max:
             raise DataError(f"{sample_id}: event count outside 0..2^32-1")
-        self._raw[split].write(frames.astype(np.uint32).tobytes())
+        assert self.tmp is not None
+        with self._writing():
+            if split not in self._raw:
+                # uint32 while building (no count can wrap); narrowed at commit once the maximum is known
+                self._raw[split] = open_append(self.tmp / f"{split}.raw")
+                self.labels[split], self.ids[split] = [], []
+                self.max_count[split], self.events[split] = 0, 0
+            _write_all(self._raw[split], frames.astype(np.uint32).tobytes())
         self.labels[split].append(int(label))
         self.ids[split].append(sample_id)
         self.max_count[split] = max(self.max_count[split], int(frames.max()))
@@ -202,23 +272,25 @@ class CacheWriter:
 
     def commit(self, info: dict[str, Any]) -> dict[str, Any]:
         """Narrow, write the final files and the metadata, and move the entry into place."""
+        with self._writing():
+            return self._commit(info)
+
+    def _commit(self, info: dict[str, Any]) -> dict[str, Any]:
+        assert self.tmp is not None
         max_count = max(self.max_count.values(), default=0)
         dtype = _narrowest(max_count)
         splits: dict[str, Any] = {}
-        for split, fh in self._raw.items():
-            fh.close()
+        self._close_raw()
+        for split in self.labels:
             n = len(self.labels[split])
             raw = np.memmap(self.tmp / f"{split}.raw", dtype=np.uint32, mode="r", shape=(n, *self.shape))
-            out = np.lib.format.open_memmap(
-                self.tmp / f"{split}_frames.npy", mode="w+", dtype=dtype, shape=(n, *self.shape)
-            )
-            for i in range(0, n, 256):
-                out[i : i + 256] = raw[i : i + 256]
-            out.flush()
-            del out, raw
+            atomic_write(self.tmp / f"{split}_frames.npy", lambda f, raw=raw: _write_npy(f, raw, dtype))
+            del raw
             (self.tmp / f"{split}.raw").unlink()
             labels = np.asarray(self.labels[split], dtype=np.int64)
-            np.save(self.tmp / f"{split}_labels.npy", labels)
+            atomic_write(
+                self.tmp / f"{split}_labels.npy", lambda f, a=labels: _write_npy(f, a, np.dtype(np.int64))
+            )
             classes, counts = np.unique(labels, return_counts=True)
             splits[split] = {
                 "samples": n,
@@ -242,7 +314,7 @@ class CacheWriter:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **info,
         }
-        (self.tmp / _META).write_text(json.dumps(meta, indent=1, default=str))
+        atomic_write_text(self.tmp / _META, json.dumps(meta, indent=1, default=str))
         try:
             os.rename(self.tmp, self.entry)
         except OSError:
@@ -250,76 +322,20 @@ class CacheWriter:
             if load_meta(self.entry) is None:
                 raise
             shutil.rmtree(self.tmp, ignore_errors=True)
+        fsync_dir(self.entry.parent)
         return meta
 
+    def _close_raw(self) -> None:
+        for fd in self._raw.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._raw = {}
+
     def abort(self) -> None:
-        for fh in self._raw.values():
-            fh.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-class FrameTransform:
-    """Load-time changes that leave the cache valid: clipping, binarising, training augmentation.
-
-    The augmentation acts on the frames. For DVS-Gesture's 4x4 pooling a horizontal flip and a
-    shift by ``k`` frame pixels equal the event-domain flip and a shift by ``4k`` sensor pixels.
-    """
-
-    def __init__(
-        self, clip: int | None = None, binarize: bool = False, flip: float = 0.0, max_shift: int = 0
-    ) -> None:
-        self.clip, self.binarize, self.flip, self.max_shift = clip, binarize, flip, max_shift
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.flip > 0 and torch.rand(()) < self.flip:
-            x = x.flip(-1)
-        if self.max_shift > 0:
-            dy, dx = torch.randint(-self.max_shift, self.max_shift + 1, (2,)).tolist()
-            x = _shift(x, dy, dx)
-        if self.binarize:
-            x = (x > 0).to(x.dtype)
-        elif self.clip is not None:
-            x = x.clamp(max=float(self.clip))
-        return x
-
-
-def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Translate the last two dims by (dy, dx), filling with zeros (events leaving the sensor)."""
-    if dy == 0 and dx == 0:
-        return x
-    out = torch.zeros_like(x)
-    h, w = x.shape[-2:]
-    src_y, dst_y = slice(max(-dy, 0), h - max(dy, 0)), slice(max(dy, 0), h - max(-dy, 0))
-    src_x, dst_x = slice(max(-dx, 0), w - max(dx, 0)), slice(max(dx, 0), w - max(-dx, 0))
-    out[..., dst_y, dst_x] = x[..., src_y, src_x]
-    return out
-
-
-class CachedFrames(Dataset):
-    """One split of a cache entry: ``(float32 [T, 2, H, W], label)``, memory-mapped lazily so that
-    DataLoader workers each open their own map."""
-
-    def __init__(
-        self, entry: Path, split: str, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
-    ) -> None:
-        self.path = entry / f"{split}_frames.npy"
-        self.labels = np.load(entry / f"{split}_labels.npy")
-        self.transform = transform
-        self._frames: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        if self._frames is None:
-            self._frames = np.load(self.path, mmap_mode="r")
-        x = torch.from_numpy(self._frames[i].astype(np.float32))
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, int(self.labels[i])
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_frames": None}
+        """Remove what this build wrote; safe to call more than once."""
+        self._close_raw()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def fingerprint(files: Iterable[Path], base: Path) -> str:
@@ -327,18 +343,9 @@ def fingerprint(files: Iterable[Path], base: Path) -> str:
     data gives a new cache entry without reading any file."""
     h = hashlib.sha256()
     for f in sorted(files):
-        h.update(f"{f.relative_to(base).as_posix()}\0{f.stat().st_size}\n".encode())
+        try:
+            size = f.stat().st_size
+        except OSError as exc:  # a dangling link, a name too long, no permission
+            raise CorruptFileError(str(f), f"cannot read ({exc.strerror or exc})") from None
+        h.update(f"{f.relative_to(base).as_posix()}\0{size}\n".encode())
     return h.hexdigest()[:16]
-
-
-def transform_from_cfg(cfg: Any, train: bool) -> FrameTransform | None:
-    clip = cfg.get("clip")
-    binarize = bool(cfg.get("binarize", False))
-    augment = train and bool(cfg.get("augment", False))
-    flip = float(cfg.get("flip_prob", 0.5)) if augment else 0.0
-    shift = int(cfg.get("max_shift", 0)) if augment else 0
-    if clip is None and not binarize and flip == 0 and shift == 0:
-        return None
-    if clip is not None and int(clip) < 1:
-        raise DataError(f"dataset.clip must be >= 1 or null, got {clip}")
-    return FrameTransform(None if clip is None else int(clip), binarize, flip, shift)

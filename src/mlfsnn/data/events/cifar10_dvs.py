@@ -24,10 +24,11 @@ import numpy as np
 
 from ...errors import DataError
 from .. import register
-from .aedat import CorruptFileError, read_aedat2_dvs128, read_bytes
+from .aedat import CorruptFileError, read_aedat2_dvs128
 from .cache import entry_dir, fingerprint
 from .dataset import EventDataset, EventsJob, Job, JobResult, Plan, open_tonic, read_tonic_sample
 from .framing import FrameSpec
+from .members import ZIP_READ_ERRORS, check_zip_members, read_file, read_zip_member, repeated
 
 __all__ = [
     "CIFAR10DVS",
@@ -74,15 +75,31 @@ def locate_original(root: Path) -> dict[str, tuple[str, Path]]:
 
 
 def class_files(kind: str, path: Path) -> list[str]:
-    """The class's ``.aedat`` files (paths, or zip member names) in natural order of their names."""
+    """The class's ``.aedat`` files (paths, or zip member names) in natural order of their names.
+
+    A file name that occurs twice (a member repeated in the zip, a copy in a subfolder) is refused:
+    the order, and so the split, goes by file name, and one recording would be counted twice or
+    land in train and in test. Zip members that cannot be read are refused here, before any work.
+    """
     if kind == "folder":
         names = [str(p) for p in path.rglob("*.aedat")]
+        twice = repeated(os.path.basename(n) for n in names)
+        if twice:
+            copies = sorted(n for n in names if os.path.basename(n) == twice[0])
+            raise CorruptFileError(
+                str(path),
+                f"{len(twice)} recording file name(s) occur more than once ({', '.join(twice[:3])}; "
+                f"e.g. {', '.join(copies[:2])}): the same recording would be counted twice; remove "
+                "the copies",
+            )
     else:
         try:
             with zipfile.ZipFile(path) as zf:
-                names = [n for n in zf.namelist() if n.endswith(".aedat") and not n.endswith("/")]
-        except (zipfile.BadZipFile, OSError) as exc:
+                infos = [i for i in zf.infolist() if i.filename.endswith(".aedat") and not i.is_dir()]
+        except ZIP_READ_ERRORS as exc:
             raise CorruptFileError(str(path), f"unreadable zip ({exc})") from None
+        check_zip_members(path, infos, key="base")
+        names = [i.filename for i in infos]
     return sorted(names, key=lambda n: natural_key(os.path.basename(n)))
 
 
@@ -131,29 +148,25 @@ class RecordingsJob(Job):
     def run(self) -> list[JobResult]:
         if self.kind == "folder":
             return [
-                self._frame(rec, rec.member, functools.partial(read_bytes, rec.member))
+                self._frame(rec, rec.member, functools.partial(read_file, rec.member))
                 for rec in self.recordings
             ]
         try:
             archive = zipfile.ZipFile(self.container)
-        except (zipfile.BadZipFile, OSError) as exc:
+        except ZIP_READ_ERRORS as exc:
             return [JobResult.failed(rec.split, self._unreadable(rec, exc)) for rec in self.recordings]
         with archive:
             return [
                 self._frame(
-                    rec, f"{self.container}:{rec.member}", functools.partial(self._read, archive, rec)
+                    rec,
+                    f"{self.container}:{rec.member}",
+                    functools.partial(read_zip_member, archive, rec.member, f"{self.container}:{rec.member}"),
                 )
                 for rec in self.recordings
             ]
 
     def _unreadable(self, rec: Recording, exc: BaseException) -> CorruptFileError:
         return CorruptFileError(f"{self.container}:{rec.member}", f"unreadable zip member ({exc})")
-
-    def _read(self, archive: zipfile.ZipFile, rec: Recording) -> bytes:
-        try:
-            return archive.read(rec.member)
-        except (zipfile.BadZipFile, OSError, KeyError, EOFError) as exc:
-            raise self._unreadable(rec, exc) from None
 
     def _frame(self, rec: Recording, name: str, read: Callable[[], bytes]) -> JobResult:
         try:

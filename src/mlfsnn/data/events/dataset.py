@@ -229,6 +229,7 @@ class EventDataset:
     def __init__(self, cfg: Any, time_steps: int) -> None:
         self.cfg = cfg
         self.time_steps = int(time_steps)
+        self.built = False  # whether the last prepare() framed the entry (not found, nor left by another)
 
     @classmethod
     def build_datasets(cls, cfg: Any, time_steps: int) -> tuple[Dataset, Dataset, DataInfo]:
@@ -284,7 +285,15 @@ class EventDataset:
     def prepare(self, progress: bool = True) -> tuple[Path, dict[str, Any]]:
         """The cache entry for the config, built from the recordings when it does not exist yet."""
         plan = self.plan()
-        return locked_build(plan.entry, lambda: self._build(plan, progress))
+        built: list[bool] = []
+
+        def build() -> tuple[Path, dict[str, Any]]:
+            built.append(True)
+            return self._build(plan, progress)
+
+        entry, meta = locked_build(plan.entry, build)
+        self.built = bool(built)
+        return entry, meta
 
     def _build(self, plan: Plan, progress: bool) -> tuple[Path, dict[str, Any]]:
         info: dict[str, Any] = {"root": str(plan.root), "input": str(plan.input)}

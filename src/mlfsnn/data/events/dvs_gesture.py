@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import os
 import posixpath
 import re
 import tarfile
@@ -25,10 +24,12 @@ import numpy as np
 
 from ...errors import DataError
 from .. import register
-from .aedat import CorruptFileError, read_aedat31_polarity, read_bytes
+from .aedat import CorruptFileError, read_aedat31_polarity
 from .cache import entry_dir, fingerprint
-from .dataset import EventDataset, EventsJob, Job, JobResult, Plan, Sample, open_tonic, read_tonic_sample
+from .dataset import EventDataset, Job, JobResult, Plan, Sample
 from .framing import FrameSpec, NoEventsError, frame_events
+from .gesture_tonic import tonic_jobs, tonic_sets
+from .members import decode_list, max_recording_bytes, read_file, read_limited, text_cap
 
 __all__ = [
     "DVSGesture",
@@ -53,6 +54,8 @@ TRIAL_LISTS = {"train": "trials_to_train.txt", "test": "trials_to_test.txt"}
 TRIAL_FILE = re.compile(r"^user(\d+)_(\w+)\.aedat$")
 LABELS_FILE = re.compile(r"^user(\d+)_(\w+)_labels\.csv$")
 _ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError)
+# how many recordings' worth of bytes may wait in memory for their labels in a streamed archive
+PENDING_RECORDINGS = 8
 
 
 def user_of(trial: str) -> int:
@@ -138,9 +141,9 @@ class TrialJob(Job):
             raise CorruptFileError(self.labels_name, f"missing (the labels of {self.recording_name})")
         if self.recording is None:
             raise CorruptFileError(self.recording_name, f"missing (the recording {self.labels_name} labels)")
-        labels = self.labels if isinstance(self.labels, bytes) else read_bytes(self.labels)
+        labels = self.labels if isinstance(self.labels, bytes) else read_file(self.labels, text_cap())
         rows = parse_labels(labels.decode("utf-8", "replace"), self.labels_name)
-        buf = self.recording if isinstance(self.recording, bytes) else read_bytes(self.recording)
+        buf = self.recording if isinstance(self.recording, bytes) else read_file(self.recording)
         events = read_aedat31_polarity(buf, self.recording_name)
         if len(events) == 0:
             raise CorruptFileError(self.recording_name, "no polarity events")
@@ -189,7 +192,8 @@ def _folder_jobs(folder: Path, spec: FrameSpec, skip: bool, info: dict[str, Any]
                 split=split_of_user(int(m.group(1))),
                 recording=str(rec),
                 recording_name=str(rec),
-                labels=str(labels) if labels.is_file() else None,
+                # not is_file(): a FIFO or a link to a device there is refused by name when read
+                labels=str(labels) if labels.exists() or labels.is_symlink() else None,
                 labels_name=str(labels),
             )
         )
@@ -199,28 +203,51 @@ def _folder_jobs(folder: Path, spec: FrameSpec, skip: bool, info: dict[str, Any]
 
 
 def _read_list(path: Path) -> list[str] | None:
-    return path.read_text().split() if path.is_file() else None
+    return decode_list(read_file(path, text_cap()), str(path)) if path.is_file() else None
+
+
+def is_release_file(base: str) -> bool:
+    """Whether the release's reader uses a file of this name (a recording, labels, a trial list)."""
+    return bool(TRIAL_FILE.match(base) or LABELS_FILE.match(base) or base in TRIAL_LISTS.values())
 
 
 def archive_files(archive: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
     """``(base name, read)`` of the archive's files in one streaming pass; ``read`` works until the
-    next item, and is only called for the files wanted (recordings are large)."""
+    next item, and is only called for the files wanted (recordings are large).
+
+    ``read`` refuses a member above the size cap before inflating any of it (:mod:`.members`); a
+    release file name that occurs twice (in two folders of the archive) is refused when the second
+    one's header is read: the same trial would be framed twice.
+    """
 
     def unreadable(exc: BaseException) -> CorruptFileError:
         return CorruptFileError(str(archive), f"unreadable archive ({type(exc).__name__}: {exc})")
 
-    def read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    def read(tar: tarfile.TarFile, member: tarfile.TarInfo, cap: int) -> bytes:
         try:
             with tar.extractfile(member) as fh:  # type: ignore[union-attr]
-                return fh.read()
+                return read_limited(fh, member.size, cap, f"{archive}:{member.name}")
         except _ARCHIVE_ERRORS as exc:
             raise unreadable(exc) from None
 
+    caps = {"recording": max_recording_bytes(), "text": text_cap()}
+    seen: dict[str, str] = {}
     try:
         with tarfile.open(archive, "r|gz") as tar:
             for member in tar:
-                if member.isfile():
-                    yield posixpath.basename(member.name), functools.partial(read, tar, member)
+                if not member.isfile():
+                    continue
+                base = posixpath.basename(member.name)
+                if is_release_file(base):
+                    if base in seen:
+                        raise CorruptFileError(
+                            str(archive),
+                            f"{base} occurs twice ({seen[base]}, {member.name}): the same trial would "
+                            "be counted twice; remove the copy",
+                        )
+                    seen[base] = member.name
+                cap = caps["recording" if TRIAL_FILE.match(base) else "text"]
+                yield base, functools.partial(read, tar, member, cap)
     except _ARCHIVE_ERRORS as exc:
         raise unreadable(exc) from None
 
@@ -231,6 +258,8 @@ def _tar_jobs(archive: Path, spec: FrameSpec, skip: bool, info: dict[str, Any]) 
     labels: dict[str, bytes] = {}
     info["trials"], info["lists"] = {"train": [], "test": []}, {"train": None, "test": None}
     tag = f"{archive}:"
+    # recordings wait here for their labels: bounded, or a crafted archive could fill the memory
+    budget = PENDING_RECORDINGS * max_recording_bytes()
 
     def job(trial: str) -> TrialJob:
         split = split_of_user(user_of(trial))
@@ -248,7 +277,9 @@ def _tar_jobs(archive: Path, spec: FrameSpec, skip: bool, info: dict[str, Any]) 
 
     for base, read in archive_files(archive):
         if base in TRIAL_LISTS.values():
-            info["lists"]["train" if base == TRIAL_LISTS["train"] else "test"] = read().decode().split()
+            info["lists"]["train" if base == TRIAL_LISTS["train"] else "test"] = decode_list(
+                read(), f"{tag}{base}"
+            )
             continue
         if not (TRIAL_FILE.match(base) or LABELS_FILE.match(base)):
             continue
@@ -256,6 +287,12 @@ def _tar_jobs(archive: Path, spec: FrameSpec, skip: bool, info: dict[str, Any]) 
         (recs if base.endswith(".aedat") else labels)[trial] = read()
         if trial in recs and trial in labels:
             yield job(trial)
+        elif sum(map(len, recs.values())) > budget:
+            raise DataError(
+                f"{archive}: more than {budget} bytes of recordings came before their labels files; "
+                f"extract the archive (tar xzf {archive} -C {archive.parent}) and point dataset.root "
+                "at that folder, which is read one recording at a time"
+            )
     for trial in sorted(set(recs) | set(labels)):
         yield job(trial)
     info["notes"] = check_lists(info)  # the lists are only known once the archive has been read
@@ -276,51 +313,6 @@ def check_lists(info: dict[str, Any]) -> list[str]:
                 f"{sorted(set(listed) - ours)[:5]}, only found {sorted(ours - set(listed))[:5]}"
             )
     return notes
-
-
-def _tonic_extracted(loc: Path, filename: str) -> bool:
-    """Whether tonic will use what is there: the archive, and at least 100 npy files extracted from it."""
-    folder = loc / filename.replace(".tar.gz", "")
-    return (loc / filename).is_file() and len(list(folder.glob("*/*.npy"))) >= 100
-
-
-def _tonic_sets(root: Path, download: bool) -> tuple[Any, Any]:
-    import tonic.datasets
-
-    cls = tonic.datasets.DVSGesture
-    loc = root / "DVSGesture"
-    urls = f"{cls.train_url} ({cls.train_filename}) and {cls.test_url} ({cls.test_filename})"
-    archives = [
-        (cls.train_url, cls.train_filename, cls.train_md5),
-        (cls.test_url, cls.test_filename, cls.test_md5),
-    ]
-    missing = [a for a in archives if not _tonic_extracted(loc, a[1])]
-    if missing and not download:
-        raise DataError(
-            f"tonic's DVSGesture not found: expected {loc}/ with {cls.train_filename}, "
-            f"{cls.test_filename} and their extracted folders; download {urls} there and extract "
-            "them, or set dataset.download=true"
-        )
-    return open_tonic(
-        "tonic's DVSGesture",
-        loc,
-        missing,
-        urls,
-        lambda: (cls(str(root), train=True), cls(str(root), train=False)),
-    )
-
-
-def _tonic_jobs(sets: dict[str, Any], spec: FrameSpec, skip: bool) -> Iterator[EventsJob]:
-    for split, ds in sets.items():
-        for i, path in enumerate(ds.data):
-            yield EventsJob(
-                spec=spec,
-                skip_corrupt=skip,
-                sample_id=os.path.relpath(path, ds.location_on_system),
-                split=split,
-                label=int(ds.targets[i]),
-                events=read_tonic_sample(ds, i),  # tonic's reader: np.load, ms -> us
-            )
 
 
 def describe_source(source: str, path: Path) -> tuple[str, list[str]]:
@@ -365,11 +357,11 @@ class DVSGesture(EventDataset):
         assert isinstance(plan, GesturePlan)
         spec, skip = plan.spec, plan.skip_corrupt
         if plan.kind == "tonic":
-            train, test = _tonic_sets(plan.root, bool(self.cfg.get("download", True)))
+            train, test = tonic_sets(plan.root, bool(self.cfg.get("download", True)))
             # the download may just have created the files the cache key is made of
             return (
                 self.plan(),
-                _tonic_jobs({"train": train, "test": test}, spec, skip),
+                tonic_jobs({"train": train, "test": test}, spec, skip),
                 len(train) + len(test),
             )
         if plan.kind == "folder":

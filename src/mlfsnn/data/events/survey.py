@@ -5,6 +5,7 @@ Nothing here parses a recording: it lists files, reads label files and trial lis
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from ...errors import DataError
 from . import cifar10_dvs as cd
 from . import dvs_gesture as dg
 from .aedat import CorruptFileError
+from .members import decode_list, read_file, text_cap
 
 __all__ = ["survey"]
 
@@ -37,7 +39,7 @@ def _gesture_inventory(
 
     def note(base: str, read: Callable[[], bytes]) -> None:
         if base in dg.TRIAL_LISTS.values():
-            lists["train" if base == dg.TRIAL_LISTS["train"] else "test"] = read().decode().split()
+            lists["train" if base == dg.TRIAL_LISTS["train"] else "test"] = decode_list(read(), base)
         elif dg.TRIAL_FILE.match(base):
             trials.setdefault(base[: -len(".aedat")], {"rec": False, "labels": None})["rec"] = True
         elif dg.LABELS_FILE.match(base):
@@ -47,7 +49,7 @@ def _gesture_inventory(
 
     if kind == "folder":
         for f in sorted(path.iterdir()):
-            note(f.name, f.read_bytes)
+            note(f.name, functools.partial(read_file, f, text_cap()))  # only lists and labels are read
     else:
         for base, read in dg.archive_files(path):
             note(base, read)
