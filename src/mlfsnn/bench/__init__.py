@@ -76,6 +76,7 @@ def run(
     neuron: bool = True,
     train: bool = True,
     memory: bool = True,
+    contention: bool = False,
     compile_opts: CompileOptions | None = None,
 ) -> dict[str, Any]:
     """Run the selected benchmarks on ``device`` and return one JSON-ready result.
@@ -102,6 +103,10 @@ def run(
         if memory:
             mem_cfgs = train_cfgs[:1] if quick else train_cfgs
             result["memory"] = memory_benchmark(device, mem_cfgs, variants, threads, quick)
+    if contention:
+        from .contention import contention_benchmark
+
+        result["contention"] = contention_benchmark(repeats=3 if quick else max(repeats, 10))
     return result
 
 

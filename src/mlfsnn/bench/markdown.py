@@ -74,4 +74,9 @@ def to_markdown(result: dict[str, Any]) -> str:
     if result.get("train"):
         lines += ["## Training step (forward + CE + backward + SGD)", ""]
         lines += [*train_table(result["train"], result.get("memory", {})), ""]
+    if result.get("contention"):
+        from .contention import contention_markdown
+
+        lines += ["## A shared CPU (digits demo step: quiet vs one busy process)", ""]
+        lines += [*contention_markdown(result["contention"]), ""]
     return "\n".join(lines)

@@ -3,6 +3,7 @@
     snn-bench                 # the full CPU benchmark (about 7 minutes on 2 cores)
     snn-bench --quick         # tiny sizes, seconds (a smoke test of the benchmark itself)
     snn-bench --compile       # also torch.compile'd MLF and ReLU nets (compile time reported apart)
+    snn-bench --contention --skip-neuron --skip-train   # the digits step, quiet vs one busy process
 
 See :mod:`mlfsnn.bench` for what is measured and how.
 """
@@ -45,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-neuron", action="store_true")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument(
+        "--contention",
+        action="store_true",
+        help="also the digits demo's step, quiet and beside one busy process, per wait policy and threads",
+    )
     return p
 
 
@@ -80,6 +86,7 @@ def run_bench(argv: Sequence[str] | None = None) -> dict[str, Any]:
             neuron=not args.skip_neuron,
             train=not args.skip_train,
             memory=not args.skip_memory,
+            contention=args.contention,
             compile_opts=opts,
         )
     finally:
