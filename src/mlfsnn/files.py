@@ -27,7 +27,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,6 +46,7 @@ __all__ = [
     "refuse_links",
     "remove_stale_temporaries",
     "replace_keeping_previous",
+    "write_together",
 ]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -158,6 +159,31 @@ def atomic_write(
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_together(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Write every ``(path, data)`` atomically, as one set: every temp file is written and synced
+    before the first rename, and the first file is renamed last.
+
+    A full disk fails while a temp file is written, before any rename, so the folder keeps its
+    previous set whole; a reader who sees the new first file (a report's ``report.md``) also sees
+    the files it describes. Errors propagate as ``OSError`` (the path is the file concerned).
+    """
+    if not files:
+        return
+    (path, data), rest = files[0], files[1:]
+    try:
+        # The later files are written (and renamed) inside before_replace, i.e. once this file's
+        # temp copy is safely on disk and before it is renamed into place.
+        atomic_write(path, lambda f: f.write(data), before_replace=lambda: write_together(rest))
+    except _SetFailed:
+        raise
+    except OSError as exc:  # named once, by the file that failed (not its temp file)
+        raise _SetFailed(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+class _SetFailed(OSError):
+    """A :func:`write_together` failure, ``filename`` the file concerned."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

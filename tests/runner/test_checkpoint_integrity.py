@@ -381,11 +381,12 @@ def test_a_full_disk_while_logging_metrics_is_a_one_line_error(
     path = tmp_path / "metrics.jsonl"
     metrics = MetricsLog(path, history=[{"epoch": 1}])
 
-    def full_disk_open(*args: Any, **kwargs: Any) -> Any:
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def full_disk_write(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(outputs_module, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(os, "write", full_disk_write)  # what the append ends in (mlfsnn.files)
     message = _one_line_error(lambda: metrics.append({"epoch": 2}), UserError)
+    monkeypatch.undo()
     assert message == f"cannot write {path}: No space left on device"
 
 

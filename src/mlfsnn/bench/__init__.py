@@ -113,19 +113,22 @@ def run(
 def write(result: dict[str, Any], out: Path) -> str:
     """Write ``bench.json`` and ``bench.md`` into ``out``; returns the Markdown.
 
-    Both are written as one set (:func:`mlfsnn.report.writing.write_together`): a link planted at
+    Both are written as one set (:func:`mlfsnn.files.write_together`): a link planted at
     either name is replaced, not written through, and a full disk leaves the previous pair intact
     (minutes of benchmarking must not end in a cut JSON). Raises :class:`~mlfsnn.errors.ReportError`
     ``cannot write <file>: <reason>``.
     """
-    from ..report.writing import write_together
+    from ..files import os_reason, write_together
 
     text = to_markdown(result)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReportError(f"cannot create --out {out}: {exc.strerror or exc}") from exc
-    write_together(
-        [(out / "bench.json", json.dumps(result, indent=2).encode()), (out / "bench.md", text.encode())]
-    )
+    try:
+        write_together(
+            [(out / "bench.json", json.dumps(result, indent=2).encode()), (out / "bench.md", text.encode())]
+        )
+    except OSError as exc:
+        raise ReportError(f"cannot write {exc.filename}: {os_reason(exc, Path(exc.filename))}") from exc
     return text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,9 @@ def parse(argv: list[str]) -> tuple[Path, Path | None, float | None, list[str]]:
         try:
             dt = float(mine["dt"])
         except ValueError:
-            raise ConfigError(f"dt={mine['dt']!r} is invalid: expected a number > 0 (seconds)") from None
+            dt = math.nan
+        if not 0 < dt < math.inf:  # nan, inf, 0 and negatives parse as floats too
+            raise ConfigError(f"dt={mine['dt']!r} is invalid: expected a finite number > 0 (seconds)")
     ckpt = Path(mine["checkpoint"]).expanduser()
     return resolve_checkpoint(ckpt), out, dt, overrides
 

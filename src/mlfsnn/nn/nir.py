@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .neurons import MLF
+from .nir_checks import check_dt
 from .nir_import import DEFAULT_DT, META, NIRNetwork
 from .resnet import SpikingBasicBlock, SpikingResNet
 from .tdbn import TdBatchNorm
@@ -204,11 +205,15 @@ def to_nir(
 def from_nir(graph: nir_t.NIRGraph, dt: float | None = None, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A module running ``graph`` on time-first input ``[T, B, C, H, W]``; returns ``[B, outputs]``.
 
-    ``dt`` defaults to the graph's ``dt`` metadata, else :data:`DEFAULT_DT`. Neuron layers are
+    ``dt`` defaults to the graph's ``dt`` metadata, else :data:`DEFAULT_DT`; either must be a finite
+    number > 0, and a graph the import cannot run is refused in one line (:class:`NIRGraphError`,
+    a ``ValueError`` and a :class:`~mlfsnn.errors.ConfigError`). Neuron layers are
     :class:`~mlfsnn.MLF` modules at the names they had in the exported model (so
     :class:`~mlfsnn.NeuronMonitor` works unchanged); parameters are created in ``dtype``.
     See :class:`mlfsnn.nn.nir_import.NIRNetwork` for what a generic graph may contain.
     """
-    if dt is None:
-        dt = float((graph.metadata or {}).get("dt", DEFAULT_DT))
-    return NIRNetwork(graph, float(dt), dtype)
+    if dt is not None:
+        return NIRNetwork(graph, check_dt(dt), dtype)
+    meta = getattr(graph, "metadata", None)
+    stored = meta.get("dt", DEFAULT_DT) if isinstance(meta, dict) else DEFAULT_DT
+    return NIRNetwork(graph, check_dt(stored, "the graph's dt metadata: dt"), dtype)

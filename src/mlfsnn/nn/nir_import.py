@@ -13,18 +13,20 @@ other neuron nodes become one single-level MLF each, which sums to the same valu
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .neurons import MLF
+from .nir_checks import NIRGraphError, check_dt, check_edges, check_names, uniform
+from .nir_layers import STATELESS, Elementwise, stateless
 
-__all__ = ["DEFAULT_DT", "META", "NIRNetwork"]
+__all__ = ["DEFAULT_DT", "META", "NIRGraphError", "NIRNetwork"]
 
 # The step the forward-Euler mapping assumes (snnTorch's NIR exporter uses the same); any positive dt
 # gives the same dynamics, it only rescales tau and r.
@@ -38,99 +40,8 @@ META = {
     "width": "mlfsnn_width",
     "decay": "mlfsnn_decay",
 }
-
 # Node types from_nir runs, by class name (stateless first, then the two spiking neurons).
-STATELESS = ("Conv2d", "Affine", "Linear", "Scale", "Flatten", "AvgPool2d", "SumPool2d", "Threshold")
 SUPPORTED = ("Input", "Output", *STATELESS, "LIF", "IF")
-
-
-class _Flatten(nn.Module):
-    """NIR's Flatten: dimensions count without the batch (here: folded time and batch) axis."""
-
-    def __init__(self, start_dim: int, end_dim: int) -> None:
-        super().__init__()
-        self.start_dim = start_dim + 1 if start_dim >= 0 else start_dim
-        self.end_dim = end_dim + 1 if end_dim >= 0 else end_dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.flatten(self.start_dim, self.end_dim)
-
-
-class _Elementwise(nn.Module):
-    """NIR's Scale (``x * scale``), Threshold (``x > threshold``) and a neuron's input gain."""
-
-    def __init__(self, kind: str, value: Tensor) -> None:
-        super().__init__()
-        self.kind = kind
-        self.register_buffer("value", value)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.kind == "threshold":
-            return (x > self.value).to(x.dtype)
-        return x * self.value
-
-
-class _SumPool2d(nn.Module):
-    def __init__(self, kernel: tuple, stride: tuple, padding: tuple) -> None:
-        super().__init__()
-        self.kernel, self.stride, self.padding = kernel, stride, padding
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.avg_pool2d(x, self.kernel, self.stride, self.padding, divisor_override=1)
-
-
-def _ints(v: Any) -> tuple[int, ...] | str:
-    if isinstance(v, (str, bytes)):
-        return v.decode() if isinstance(v, bytes) else v
-    return tuple(int(i) for i in np.atleast_1d(v))
-
-
-def _tensor(a: Any, dtype: torch.dtype) -> Tensor:
-    return torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype)
-
-
-def _stateless(kind: str, node: Any, dtype: torch.dtype) -> nn.Module:
-    if kind == "Conv2d":
-        weight = np.asarray(node.weight)
-        groups = int(node.groups)
-        conv = nn.Conv2d(
-            weight.shape[1] * groups,
-            weight.shape[0],
-            weight.shape[2:],
-            _ints(node.stride),
-            _ints(node.padding),
-            _ints(node.dilation),
-            groups,
-            bias=True,
-        )
-        conv.weight.data, conv.bias.data = _tensor(weight, dtype), _tensor(node.bias, dtype)
-        return conv
-    if kind in ("Affine", "Linear"):
-        weight = np.asarray(node.weight)
-        if weight.ndim != 2:
-            raise ValueError(f"NIR {kind} with a {weight.ndim}-D weight is not supported (2-D only)")
-        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=kind == "Affine")
-        layer.weight.data = _tensor(weight, dtype)
-        if kind == "Affine":
-            layer.bias.data = _tensor(node.bias, dtype)
-        return layer
-    if kind == "Flatten":
-        return _Flatten(int(node.start_dim), int(node.end_dim))
-    if kind in ("AvgPool2d", "SumPool2d"):
-        kernel, stride, padding = (_ints(v) for v in (node.kernel_size, node.stride, node.padding))
-        if kind == "SumPool2d":
-            return _SumPool2d(kernel, stride, padding)
-        return nn.AvgPool2d(kernel, stride, padding)
-    if kind == "Scale":
-        return _Elementwise("scale", _tensor(node.scale, dtype))
-    return _Elementwise("threshold", _tensor(node.threshold, dtype))
-
-
-def _uniform(node_name: str, field_name: str, a: Any) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    if a.size == 0 or a.min() != a.max():
-        raise ValueError(f"NIR node {node_name!r}: per-neuron {field_name} values are not supported")
-    return float(a.flat[0])
 
 
 @dataclass
@@ -146,19 +57,22 @@ class _Neuron:
 
 def _neuron(name: str, node: Any, dt: float) -> _Neuron:
     kind = type(node).__name__
-    values = {f: _uniform(name, f, getattr(node, f)) for f in ("r", "v_threshold")}
-    resets = (("v_reset", node.v_reset), ("v_leak", getattr(node, "v_leak", 0.0)))
+    values = {f: uniform(name, f, getattr(node, f, None)) for f in ("r", "v_threshold")}
+    resets = (("v_reset", getattr(node, "v_reset", None)), ("v_leak", getattr(node, "v_leak", 0.0)))
     for f, v in resets:
-        if v is not None and _uniform(name, f, v) != 0.0:
-            raise ValueError(f"NIR node {name!r}: {f} != 0 is not supported (MLF resets and leaks to 0)")
+        if v is not None and uniform(name, f, v) != 0.0:
+            raise NIRGraphError(f"NIR node {name!r}: {f} != 0 is not supported (MLF resets and leaks to 0)")
     if kind == "LIF":
-        tau = _uniform(name, "tau", node.tau)
+        tau = uniform(name, "tau", getattr(node, "tau", None), positive=True)
         decay, gain = 1.0 - dt / tau, dt * values["r"] / tau
     else:
         decay, gain = 1.0, dt * values["r"]
     if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"NIR node {name!r}: decay 1 - dt/tau = {decay} is outside [0, 1] (dt={dt})")
-    meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (node.metadata or {}).items()}
+        raise NIRGraphError(
+            f"NIR node {name!r}: decay 1 - dt/tau = {decay} is outside [0, 1]: expected tau >= dt (dt={dt})"
+        )
+    metadata = node.metadata if isinstance(getattr(node, "metadata", None), dict) else {}
+    meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in metadata.items()}
     out = _Neuron(name, decay, gain, values["v_threshold"], meta)
     _trust_metadata(out, node, dt)
     return out
@@ -219,8 +133,8 @@ def _groups(neurons: list[_Neuron], inputs: dict, outputs: dict) -> list[tuple[s
         else:
             levels, first = len(members), ths[0]
             width = ths[1] - ths[0] if levels > 1 else 1.0  # one level: width only shapes the surrogate
-        ladder = [first + k * width for k in range(levels)]
-        if levels == len(members) and ths == ladder and width > 0:
+        # levels (from metadata) is compared first: a claimed 10**12 levels must not build a ladder
+        if levels == len(members) and width > 0 and ths == [first + k * width for k in range(levels)]:
             names = [n.name for n in members]
             match = [re.fullmatch(r"(.+)\.level\d+", s) for s in names]
             name = group or (match[0].group(1) if levels > 1 and all(match) else names[0])
@@ -253,27 +167,31 @@ class NIRNetwork(nn.Module):
 
     def __init__(self, graph: Any, dt: float, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.dt = dt
-        nodes: dict[str, Any] = dict(graph.nodes)
+        self.dt = dt = check_dt(dt)
+        try:
+            nodes: dict[str, Any] = dict(graph.nodes)
+        except (AttributeError, TypeError, ValueError):
+            raise NIRGraphError("the NIR graph's nodes are not a mapping of names to nodes") from None
+        check_names(nodes)
         for name, node in nodes.items():
             if type(node).__name__ not in SUPPORTED:
-                raise ValueError(
+                raise NIRGraphError(
                     f"NIR node {name!r} of type {type(node).__name__} is not supported; "
                     f"supported: {', '.join(SUPPORTED)}"
                 )
         inputs: dict[str, list[str]] = {n: [] for n in nodes}
         outputs: dict[str, list[str]] = {n: [] for n in nodes}
-        for src, dst in graph.edges:
+        for src, dst in check_edges(getattr(graph, "edges", None), nodes):
             inputs[dst].append(src)
             outputs[src].append(dst)
         ends = {k: [n for n, v in nodes.items() if type(v).__name__ == k] for k in ("Input", "Output")}
         if len(ends["Input"]) != 1 or len(ends["Output"]) != 1:
-            raise ValueError(f"the NIR graph needs one Input and one Output node, got {ends}")
-        self.input_shape = tuple(int(v) for v in nodes[ends["Input"][0]].input_type["input"])
+            raise NIRGraphError(f"the NIR graph needs one Input and one Output node, got {ends}")
+        self.input_shape = _input_shape(ends["Input"][0], nodes[ends["Input"][0]])
         units, owner = self._build_units(nodes, inputs, outputs, dt, dtype)
         orphans = [u.name for u in units.values() if u.kind != "input" and not u.sources]
         if orphans:
-            raise ValueError(f"NIR nodes without incoming edges: {orphans[:5]}")
+            raise NIRGraphError(f"NIR nodes without incoming edges: {orphans[:5]}")
         for u in units.values():
             u.sources = list(dict.fromkeys(owner[s] for s in u.sources))  # a K-level MLF counts once
         self._plan = _order(units)
@@ -289,13 +207,13 @@ class NIRNetwork(nn.Module):
                 neurons.append(_neuron(name, node, dt))
                 continue
             role = {"Input": "input", "Output": "output"}.get(kind, "stateless")
-            module = _stateless(kind, node, dtype) if role == "stateless" else None
+            module = stateless(name, kind, node, dtype) if role == "stateless" else None
             units[name] = _Unit(name, role, inputs[name], module)
             owner[name] = name
             if module is not None:
                 self._install(name, module)
         for name, mlf, gain, members in _groups(neurons, inputs, outputs):
-            scale = None if gain == 1.0 else _Elementwise("scale", torch.tensor(gain, dtype=dtype))
+            scale = None if gain == 1.0 else Elementwise("scale", torch.tensor(gain, dtype=dtype))
             name = self._install(name, mlf, taken=units)
             if scale is not None:
                 self._install(f"{name}_gain", scale)
@@ -357,17 +275,42 @@ class NIRNetwork(nn.Module):
         return total / out.shape[0]
 
 
+def _input_shape(name: str, node: Any) -> tuple[int, ...]:
+    """The Input node's shape (positive integers), without the batch and time axes."""
+    try:
+        shape = tuple(int(v) for v in np.atleast_1d(node.input_type["input"]))
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise NIRGraphError(f"NIR Input node {name!r} has no valid shape: expected positive integers")
+    return shape
+
+
 def _order(units: dict[str, _Unit]) -> list[_Unit]:
-    """Units in an order where every unit comes after its sources (the graph must be acyclic)."""
-    done: set[str] = set()
-    plan: list[_Unit] = []
-    pending = list(units.values())
-    while pending:
-        ready = [u for u in pending if all(s in done for s in u.sources)]
-        if not ready:
-            raise ValueError(f"the NIR graph has a cycle through {sorted(u.name for u in pending)[:5]}")
-        for u in ready:
-            done.add(u.name)
-        plan += ready
-        pending = [u for u in pending if u.name not in done]
-    return plan
+    """Units in an order where every unit comes after its sources (the graph must be acyclic).
+
+    Kahn's algorithm, linear in units and edges. The order is by depth (the longest path from a unit
+    without sources), then by position in ``units``: what repeatedly taking every unit whose sources
+    are all placed gives, so graphs import in the same order as before this was linear.
+    """
+    waiting = {name: len(u.sources) for name, u in units.items()}
+    users: dict[str, list[str]] = {name: [] for name in units}
+    for u in units.values():
+        for s in u.sources:
+            users[s].append(u.name)
+    depth = dict.fromkeys((name for name, n in waiting.items() if n == 0), 0)
+    ready = deque(depth)
+    while ready:
+        name = ready.popleft()
+        for user in users[name]:
+            depth[user] = max(depth.get(user, 0), depth[name] + 1)
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                ready.append(user)
+    stuck = sorted(name for name, n in waiting.items() if n > 0)
+    if stuck:
+        raise NIRGraphError(f"the NIR graph has a cycle through {stuck[:5]}")
+    rounds: list[list[_Unit]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+    for name, u in units.items():
+        rounds[depth[name]].append(u)
+    return [u for r in rounds for u in r]

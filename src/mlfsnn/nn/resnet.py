@@ -32,6 +32,7 @@ __all__ = [
     "create_model",
     "spiking_resnet",
     "training_activation_bytes",
+    "unit_values",
     "valid_depths",
 ]
 
@@ -211,19 +212,35 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def unit_values(widths: tuple[int, int, int], depth: int, size: int) -> list[int]:
+    """Values per sample and step of every conv -> tdBN -> MLF unit's output (stem, then the blocks'
+    two each; the downsampling shortcuts aside), for ``size`` x ``size`` inputs."""
+    n = (depth - 2) // 6
+    out = [widths[0] * size * size]  # stem
+    for stage, width in enumerate(widths):
+        side = -(-size // 2**stage)
+        out += [width * side * side] * (2 * n)
+    return out
+
+
 def training_activation_bytes(
-    time_steps: int, batch: int, widths: tuple[int, int, int], depth: int, size: int, bytes_per_value: int = 4
+    time_steps: int,
+    batch: int,
+    widths: tuple[int, int, int],
+    depth: int,
+    size: int,
+    bytes_per_value: int = 4,
+    levels: int = 1,
 ) -> int:
-    """A lower bound on the activations one training step keeps for backward, in bytes.
+    """An estimate of the activations one training step keeps for backward, in bytes.
 
     Every conv -> tdBN -> MLF unit keeps about three tensors of its output's size (the convolution's
     output for tdBN, tdBN's output for the neuron, the spikes for the next convolution), for every
-    time step and sample. Used to refuse sizes that cannot fit before anything is built; the true
-    peak is higher (gradients, workspace), never lower.
+    time step and sample. A neuron with K ``levels`` also has K potentials per neuron and step: its
+    backward recomputes them for one layer at a time (all at once on the PyTorch path, tile by tile
+    in the fused kernels, which do K times one level's work), so the largest layer's are counted.
+    Used to refuse sizes that cannot fit before anything is built; gradients and workspace come on top.
     """
-    n = (depth - 2) // 6
-    per_step = widths[0] * size * size  # stem
-    for stage, width in enumerate(widths):
-        side = -(-size // 2**stage)
-        per_step += 2 * n * width * side * side
-    return 3 * per_step * time_steps * batch * bytes_per_value
+    units = unit_values(widths, depth, size)
+    per_sample = 3 * sum(units) + levels * max(units)
+    return per_sample * time_steps * batch * bytes_per_value

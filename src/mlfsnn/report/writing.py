@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ReportError
-from ..files import atomic_write, os_reason
+from ..files import os_reason
+from ..files import write_together as files_write_together
 
 __all__ = ["png_bytes", "write_together"]
 
@@ -27,20 +28,10 @@ def png_bytes(fig: Any, **savefig: Any) -> bytes:
 
 
 def write_together(files: Sequence[tuple[Path, bytes]]) -> None:
-    """Write every ``(path, data)``; all of them or, on an error, none (previous files untouched).
-
-    Each file goes to a temp file beside it and the renames wait until every temp file is written and
-    synced: the first file's rename happens last. A full disk fails while writing a temp file, before
-    any rename, so the folder keeps its previous files, all of one report. A link at a name is
-    replaced, its target left alone. Any ``OSError`` becomes a :class:`~mlfsnn.errors.ReportError`
-    ``cannot write <file>: <reason>``.
-    """
-    if not files:
-        return
-    (path, data), rest = files[0], files[1:]
+    """:func:`mlfsnn.files.write_together`; any ``OSError`` becomes a one-line
+    :class:`~mlfsnn.errors.ReportError` ``cannot write <file>: <reason>``."""
     try:
-        # The later files are written (and renamed) inside before_replace, i.e. once this file's
-        # temp copy is safely on disk and before it is renamed into place.
-        atomic_write(path, lambda f: f.write(data), before_replace=lambda: write_together(rest))
+        files_write_together(files)
     except OSError as exc:
+        path = Path(exc.filename)
         raise ReportError(f"cannot write {path}: {os_reason(exc, path)}") from exc

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, one_line
-from .outputs import atomic_write, os_reason, remove_stale_temporaries
+from ..files import atomic_write, os_reason, remove_stale_temporaries, replace_keeping_previous
+from .ckpt_bounds import check_bounds
 
 log = logging.getLogger("mlfsnn")
 
@@ -121,8 +122,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_previou
             raise
 
     def rotate() -> None:
-        if keep_previous and path.exists():
-            os.replace(path, previous_path(path))
+        if keep_previous:  # a hard link, then the rename: a reader finds the file at every moment
+            replace_keeping_previous(path, previous_path(path))
 
     try:
         atomic_write(path, write, before_replace=rotate)
@@ -253,8 +254,8 @@ def load_checkpoint(
     *,
     require_training_state: bool = False,
 ) -> dict[str, Any]:
-    """Load with ``weights_only=True``, verify the checksum and the entries; any failure becomes a
-    one-line :class:`CheckpointError` naming the file.
+    """Load with ``weights_only=True``, check its size and depth (:mod:`.ckpt_bounds`), verify the
+    checksum and the entries; any failure becomes a one-line :class:`CheckpointError` naming the file.
 
     Every checkpoint has a ``model`` (str -> tensor) and a ``config`` (dict); with
     ``require_training_state`` also what resume needs (:data:`_TRAINING`). The returned dict is what
@@ -264,6 +265,7 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     state = _read(path, map_location)
+    check_bounds(state, path)  # before any walk: a crafted tree can be exponential or too deep
     _verify(state, path)
     problem = _first_problem(state, require_training_state)
     if problem is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..data.config_checks import check_dataset_config
 from ..errors import ConfigError
 from ..nn._args import ArgError
 from ..nn.neurons import check_neuron_args
@@ -113,6 +114,7 @@ def _validate(cfg: DictConfig) -> None:
         _number(cfg, "dataset.val_fraction", 0, 0.9)
         if fraction and OmegaConf.select(cfg, "dataset.val_seed", default=0) is not None:
             _int(cfg, "dataset.val_seed", 0)
+    check_dataset_config(cfg.dataset)
 
 
 def _plain(value: Any) -> Any:
@@ -202,21 +204,48 @@ def _available_bytes(device: str) -> tuple[int, str] | None:
     return None
 
 
-def check_memory(cfg: DictConfig) -> None:
-    """Refuse a size whose activations alone cannot fit on the device, before anything is built."""
-    from ..nn.resnet import training_activation_bytes
+def check_memory(cfg: DictConfig, task: str = "train") -> None:
+    """Refuse a config whose activations alone cannot fit, before anything is built or loaded.
+
+    ``task`` is what will run: ``"train"``, one training step of ``trainer.batch_size`` on
+    ``trainer.device`` (:func:`~mlfsnn.nn.resnet.training_activation_bytes`); ``"eval"``, one batch
+    of ``trainer.eval_batch_size`` (else ``batch_size``) there, estimated alike (measured: snn-eval's
+    peak grows by ~2.9 unit outputs per step and sample, the estimate counts 3); ``"export"``,
+    snn-export's NIR graph in RAM (K LIF nodes per neuron, five float32 arrays each, three for IF)
+    plus its check run, one sample on the CPU.
+    """
+    from ..nn.resnet import training_activation_bytes, unit_values
 
     size = OmegaConf.select(cfg, "dataset.size", default=None) or 32
     if not isinstance(size, int) or isinstance(size, bool):
         return
-    need = training_activation_bytes(
-        cfg.time_steps, cfg.trainer.batch_size, tuple(cfg.model.widths), cfg.model.depth, size
-    )
-    have = _available_bytes(str(cfg.trainer.device))
-    if have is not None and need > have[0]:
-        raise ConfigError(
-            f"time_steps={cfg.time_steps} x trainer.batch_size={cfg.trainer.batch_size} cannot fit: one "
-            f"training step keeps at least {need / 2**30:.1f} GiB of activations (model.depth="
-            f"{cfg.model.depth}, widths {list(cfg.model.widths)}, {size}x{size} input) and the "
-            f"{have[1]} is {have[0] / 2**30:.1f} GiB; lower time_steps or trainer.batch_size"
+    steps, levels, tr = cfg.time_steps, cfg.neuron.levels, cfg.trainer
+    widths, depth = tuple(cfg.model.widths), cfg.model.depth
+    batch_key = "trainer.eval_batch_size" if task == "eval" and tr.eval_batch_size else "trainer.batch_size"
+    batch = tr.eval_batch_size if batch_key == "trainer.eval_batch_size" else tr.batch_size
+    net = f"model.depth={depth}, widths {list(widths)}, {size}x{size} input"
+    if task in ("train", "eval"):
+        need = training_activation_bytes(steps, batch, widths, depth, size, levels=levels)
+        step = "one training step keeps" if task == "train" else "one evaluation batch needs"
+        what = f"{step} at least {need / 2**30:.1f} GiB of activations ({net})"
+    else:
+        arrays = 5 if cfg.neuron.decay < 1 else 3
+        graph = arrays * levels * sum(unit_values(widths, depth, size)) * 4
+        need = graph + training_activation_bytes(steps, 1, widths, depth, size, levels=levels)
+        what = (
+            f"the NIR graph ({levels} LIF nodes per neuron, {arrays} float32 arrays each) and its check "
+            f"run need at least {need / 2**30:.1f} GiB ({net})"
         )
+    have = _available_bytes("cpu" if task == "export" else str(tr.device))
+    if have is None or need <= have[0]:
+        return
+    where = f"the {have[1]} is {have[0] / 2**30:.1f} GiB"
+    if task == "export":
+        raise ConfigError(
+            f"dataset.size={size} x neuron.levels={levels} x time_steps={steps} cannot be exported: {what} "
+            f"and {where}; lower dataset.size, neuron.levels or time_steps"
+        )
+    raise ConfigError(
+        f"time_steps={steps} x {batch_key}={batch} x neuron.levels={levels} cannot fit: {what} and "
+        f"{where}; lower time_steps, {batch_key}, neuron.levels or dataset.size"
+    )

@@ -20,11 +20,11 @@ from ..nn import count_parameters
 from ..nn.observe import SpikeRecorder
 from .builders import build_model
 from .checkpoint import load_checkpoint, load_weights
-from .config import validate
+from .config import check_memory, validate
 from .context import Context
 from .loop import evaluate
 from .outputs import environment, log_eval_run, write_json
-from .schema import known_keys, unknown_key_message
+from .schema import check_nesting, known_keys, unknown_key_message
 
 __all__ = ["check_writable", "default_out", "resolve_checkpoint", "run_eval", "spike_record", "write_result"]
 
@@ -59,6 +59,7 @@ def check_writable(out: Path) -> None:
 def _merge(cfg: Any, overrides: list[str]) -> None:
     """Apply ``key=value`` overrides to a stored config; unknown keys are refused, not added."""
     for arg in overrides:
+        check_nesting(arg)  # before the YAML parser, which recurses on every level
         key = arg.partition("=")[0].lstrip("+")
         if key not in known_keys():
             raise ConfigError(f"override {arg!r} is invalid: {unknown_key_message(key)}")
@@ -90,6 +91,7 @@ def run_eval(
     out = out or default_out(checkpoint)
     check_writable(out)
     state, cfg = load_with_config(checkpoint, overrides)
+    check_memory(cfg, "eval")  # before the test set is built at that size
     ctx = Context.create(cfg)
     _, test_set, info = build_datasets(cfg.dataset, cfg.time_steps)
     ctx.static = info.static

@@ -7,27 +7,32 @@ the image size from the config, so a checkpoint exports on a machine that has no
 
 from __future__ import annotations
 
-import contextlib
+import io
 import math
-import os
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
+from torch import nn
 
 from ..data import DataInfo
 from ..errors import CheckpointError, ConfigError
+from ..files import atomic_write, os_reason
 from ..nn import from_nir, to_nir
+from ..nn.neurons import MLF
 from ..nn.nir import DEFAULT_DT
 from .builders import build_model
 from .checkpoint import load_weights
+from .config import check_memory
 from .evaluate import check_writable, load_with_config
 
 __all__ = ["default_export_path", "export_checkpoint", "input_shape"]
 
 # Datasets whose image size is fixed by the data rather than set by ``dataset.size``.
 FIXED_SIZES = {"cifar10": 32}
+# The nir package checks a graph's types in time quadratic in its nodes (NIRGraph.infer_types: ~20 s
+# for 1,800 nodes measured on a shared CPU, so minutes at this bound); a ResNet-110 with K=16 has ~1,900.
+MAX_NODES = 5000
 
 
 def default_export_path(checkpoint: Path) -> Path:
@@ -60,20 +65,36 @@ def _build(cfg: Any, weights: dict[str, torch.Tensor], shape: tuple[int, int, in
     return model.eval()
 
 
+def _check_nodes(model: nn.Module, levels: int) -> None:
+    """Refuse, before the graph is built, a model whose NIR graph has more than :data:`MAX_NODES`."""
+    neurons = [m for m in model.modules() if isinstance(m, MLF)]
+    lif = sum(m.levels for m in neurons)
+    # input, avg_pool, flatten, fc, output; bn0 becomes a Conv2d node of its own
+    nodes = lif + sum(isinstance(m, nn.Conv2d) for m in model.modules()) + 5 + (model.bn0 is not None)
+    if nodes > MAX_NODES:
+        raise ConfigError(
+            f"neuron.levels={levels} cannot be exported: the NIR graph would have {nodes:,} nodes ({levels} "
+            f"LIF nodes for each of {len(neurons)} neuron layers) and snn-export writes at most "
+            f"{MAX_NODES:,} (the nir package checks graphs in time quadratic in nodes); lower neuron.levels"
+        )
+
+
 def _write(graph: Any, out: Path) -> None:
-    """``nir.write`` to a temporary file beside ``out``, then rename: never half a file at ``out``."""
+    """Write the graph through :func:`~mlfsnn.files.atomic_write`: never half a file at ``out``, never
+    through a link there; an ``OSError`` (a full disk, a read-only folder) is one line."""
     import nir
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    def write(f: BinaryIO) -> None:
+        # h5py's contract for file objects includes reading back, which the write-only temp file
+        # cannot: build the file in memory (gzip-compressed, a fraction of the graph), then copy.
+        buffer = io.BytesIO()
+        nir.write(buffer, graph)
+        f.write(buffer.getbuffer())
+
     try:
-        nir.write(tmp, graph)
-        os.replace(tmp, out)
+        atomic_write(out, write)
     except OSError as exc:
-        raise ConfigError(f"out={out} cannot be written: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        raise ConfigError(f"out={out} cannot be written: {os_reason(exc, out)}") from None
 
 
 def export_checkpoint(
@@ -95,7 +116,9 @@ def export_checkpoint(
     check_writable(out)
     state, cfg = load_with_config(checkpoint, overrides)
     shape = input_shape(cfg, state["model"])
+    check_memory(cfg, "export")  # before the graph's arrays and the check input are allocated
     model = _build(cfg, state["model"], shape, checkpoint)
+    _check_nodes(model, int(cfg.neuron.levels))
     graph = to_nir(model, shape, dt=dt)
     graph.metadata["time_steps"] = int(cfg.time_steps)  # what the model was trained / configured with
     _write(graph, out)

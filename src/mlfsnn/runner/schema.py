@@ -19,7 +19,9 @@ from ..errors import ConfigError
 
 __all__ = [
     "GROUPS",
+    "MAX_NESTING",
     "check_keys",
+    "check_nesting",
     "check_overrides",
     "group_options",
     "known_keys",
@@ -152,6 +154,45 @@ def _search_space_advice(raw: str, target: str, delete: bool) -> str:
     )
 
 
+# Brackets an override's value may nest. Hydra's parser and OmegaConf recurse on every level (a few
+# hundred levels end in a RecursionError traceback); real values nest 2 deep (a list of lists).
+MAX_NESTING = 32
+_OPENING, _CLOSING = "[{(", "]})"
+
+
+def _nesting(text: str) -> int:
+    """The deepest bracket nesting of ``text``, brackets inside quotes (and escaped ones) aside."""
+    depth = deepest = 0
+    quote, escaped = "", False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in _OPENING:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in _CLOSING:
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def check_nesting(raw: str) -> None:
+    """Refuse an override whose key and value together nest deeper than :data:`MAX_NESTING`."""
+    key, _, value = raw.partition("=")
+    depth = key.count(".") + _nesting(value)
+    if depth > MAX_NESTING:
+        shown = key if len(key) <= 60 else key[:57] + "..."
+        raise ConfigError(
+            f"override {shown}=... nests {depth} levels deep (its key's dots and value's brackets); "
+            f"at most {MAX_NESTING} are allowed"
+        )
+
+
 def check_overrides(args: list[str]) -> None:
     """Refuse overrides that name an unknown key or group option, before Hydra composes anything."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -164,6 +205,7 @@ def check_overrides(args: list[str]) -> None:
     for raw in args:
         if raw.startswith("-"):
             continue  # Hydra's own flags (-m, --cfg job, ...)
+        check_nesting(raw)  # before the parser, which would recurse on every level
         try:
             override = parser.parse_override(raw)
         except HydraException as exc:

@@ -48,6 +48,7 @@ from .preemption import PreemptionGuard
 from .resume import IncompatibleCheckpoint, check_same_trajectory, load_init_weights
 from .rundir import check_writable_dir, claim_run_dir, finished_summary, release_run_dir, save_hydra_files
 from .state import RunState
+from .summary import failure_summary, run_summary
 
 __all__ = ["RunState", "Trainer", "train"]  # RunState (in .state) re-exported for callers
 
@@ -360,59 +361,27 @@ class Trainer:
         return summary
 
     def summary(self) -> dict[str, Any]:
-        st, info = self.state, self.info
         final = next((row for row in reversed(self.metrics.history) if "test_acc" in row), {})
-        last_eval = st.last_eval or final
-        return {
-            "name": self.cfg.name,
-            "status": st.status,
-            "stopped_by": self.guard.name if st.status == "preempted" else None,  # e.g. SIGTERM
-            **st.selection_summary(info.val_samples if self.val_loader is not None else None),
-            "final_test_acc": final.get("test_acc"),
-            "final_test_loss": final.get("test_loss"),
-            "num_params": self.num_params,
-            "train_samples": info.train_samples,
-            "test_samples": info.test_samples,
-            "data": info.to_dict(),
-            "epochs_completed": st.epoch,
-            "steps": st.step,
-            # every process of the run (up to the last checkpoint of each earlier one), then this one
-            "wall_time_s": st.wall_time_s + (time.perf_counter() - self.t0),
-            "process_wall_time_s": time.perf_counter() - self.t0,
-            **{
-                k: last_eval.get(k)
-                for k in (
-                    "firing_rate",
-                    "dormant_ratio",
-                    "sops_per_sample",
-                    "sops_per_event_sample",
-                    "snn_macs_per_sample",
-                    "ann_macs_per_sample",
-                    "energy_pj_per_sample",
-                    "energy_event_pj_per_sample",
-                    "ann_energy_pj_per_sample",
-                    "energy_ratio",
-                    "energy_ratio_event",
-                )
-            },
-            "world_size": self.ctx.world_size,
-            **environment(self.ctx.device),
-            "config": self.resolved,
-        }
+        return run_summary(
+            self.cfg.name,
+            self.state,
+            self.info,
+            final,
+            val_split=self.val_loader is not None,
+            elapsed_s=time.perf_counter() - self.t0,
+            stopped_by=self.guard.name,
+            num_params=self.num_params,
+            world_size=self.ctx.world_size,
+            environment=environment(self.ctx.device),
+            config=self.resolved,
+        )
 
     def record_failure(self, exc: BaseException) -> None:
         """A ``summary.json`` with ``status: failed`` and the error, so that snn-report lists the run
         as failed (a crash would otherwise leave a directory that looks merely unfinished)."""
-        st = self.state
-        summary = {
-            "name": self.cfg.name,
-            "status": "failed",
-            "error": f"{type(exc).__name__}: {one_line(exc)}"[:500],
-            "epochs_completed": st.epoch,
-            "steps": st.step,
-            "wall_time_s": st.wall_time_s + (time.perf_counter() - self.t0),
-            "config": self.resolved,
-        }
+        summary = failure_summary(
+            self.cfg.name, self.state, exc, time.perf_counter() - self.t0, self.resolved
+        )
         with contextlib.suppress(UserError):  # the disk that failed the run may fail this too
             write_json(self.run_dir / "summary.json", summary)
         log.error("run failed: %s (recorded in %s)", summary["error"], self.run_dir / "summary.json")
