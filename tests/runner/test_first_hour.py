@@ -61,3 +61,38 @@ def test_a_crashed_sweep_job_is_reported_as_failed(tmp_path: Path, monkeypatch: 
     text = (tmp_path / "report" / "report.md").read_text()
     problems = text.split("## Incomplete and failed runs", 1)[1]
     assert "status failed (RuntimeError: CUDA error: an illegal memory access" in problems
+
+
+@pytest.mark.parametrize("tool", ["train", "eval", "export", "report", "data", "bench"])
+def test_help_answers_without_torch_in_plain_text(tool: str) -> None:
+    code = (
+        "import sys\n"
+        f"from mlfsnn.cli.{tool} import main\n"
+        f"sys.argv = ['snn-{tool}', '--help']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.rstrip().endswith("NO TORCH"), out.stdout[-500:]
+    assert "usage" in out.stdout.lower() and "``" not in out.stdout and ":mod:" not in out.stdout
+
+
+def _repl_snippets() -> list[str]:
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python\n")]
+
+
+@pytest.mark.parametrize("snippet", _repl_snippets())
+def test_readme_python_snippets_run_pasted_into_the_repl(snippet: str, tmp_path: Path) -> None:
+    # `python -i` reads stdin as the interactive prompt does: a compound statement ends only at a
+    # blank line, so a snippet that runs as a file can still be a SyntaxError pasted into the REPL.
+    proc = subprocess.run(
+        [sys.executable, "-i", "-q"],
+        input=snippet + "\n",
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr[-3000:]

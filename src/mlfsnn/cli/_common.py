@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
 from ..errors import EXIT_USER_ERROR, ConfigError, UserError, exit_with, one_line
 
-__all__ = ["EXIT_USER_ERROR", "fail", "key_values", "one_line", "user_errors_exit"]
+__all__ = ["EXIT_USER_ERROR", "fail", "key_values", "one_line", "plain_text", "user_errors_exit"]
 
 T = TypeVar("T")
+
+
+def plain_text(doc: str | None) -> str:
+    """A docstring as a terminal shows it: no reStructuredText markup (``x``, :mod:`x`)."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc or "")
+    return text.replace("``", "")
 
 
 def fail(message: str) -> None:
@@ -37,7 +44,7 @@ def key_values(
     overrides: list[str] = []
     for arg in argv:
         if arg in ("-h", "--help"):
-            print(usage + "\n\n" + (doc or ""))
+            print(usage + "\n\n" + plain_text(doc))
             raise SystemExit(0)
         key, sep, value = arg.partition("=")
         if not sep:

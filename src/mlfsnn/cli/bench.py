@@ -3,7 +3,7 @@
     snn-bench                 # the full CPU benchmark (about 7 minutes on 2 cores)
     snn-bench --quick         # tiny sizes, seconds (a smoke test of the benchmark itself)
     snn-bench --compile       # also torch.compile'd MLF and ReLU nets (compile time reported apart)
-    snn-bench --contention --skip-neuron --skip-train   # the digits step, quiet vs one busy process
+    snn-bench --contention --skip-neuron --skip-train   # the digits step beside a busy process
 
 See :mod:`mlfsnn.bench` for what is measured and how.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ._common import user_errors_exit
+from ._common import plain_text, user_errors_exit
 
 NETS = ("dvs_gesture", "cifar10", "cifar10_dvs")
 VARIANTS = ("mlf", "mlf_unfused", "relu", "vectorized", "reference")
@@ -26,7 +26,7 @@ COMPILED = ("mlf_compiled", "relu_compiled")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="snn-bench", description=(__doc__ or "").split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="snn-bench", description=plain_text(__doc__).split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat, memory of the first net only")
     p.add_argument("--out", type=Path, default=Path("."), help="folder for bench.json and bench.md")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
@@ -56,11 +56,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_bench(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse ``argv`` like the command line, run, write the reports and return the results."""
+    args = _parser().parse_args(argv)  # --help answers here, before torch loads
     import torch
 
     from .. import bench
 
-    args = _parser().parse_args(argv)
     if args.threads < 1 or (args.repeats is not None and args.repeats < 1):
         raise ConfigError(f"--threads={args.threads} / --repeats={args.repeats} are invalid: expected >= 1")
     name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

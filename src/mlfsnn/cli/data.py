@@ -14,11 +14,10 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..data import check_dataset_config, data_os_error
-from ..data.events import EVENT_DATASETS, event_dataset
-from ..data.events.dataset import EventDataset
+if TYPE_CHECKING:
+    from ..data.events.dataset import EventDataset
 from ..errors import ConfigError, DataError
 from ._common import user_errors_exit
 
@@ -57,6 +56,9 @@ def compose(overrides: Sequence[str]) -> Any:
 
 
 def _dataset(cfg: Any) -> EventDataset:
+    from ..data import check_dataset_config  # torch: loaded once --help is ruled out
+    from ..data.events import EVENT_DATASETS, event_dataset
+
     name = str(cfg.dataset.name)
     if name not in EVENT_DATASETS:
         raise ConfigError(
@@ -207,6 +209,8 @@ def _run(args: list[str]) -> int:
     try:
         return COMMANDS[command](cfg, overrides)
     except OSError as exc:  # no reader named it: still one line naming the file
+        from ..data import data_os_error
+
         raise DataError(data_os_error(exc, str(cfg.dataset.name))) from None
 
 

@@ -6,7 +6,8 @@
 
 The model is rebuilt from the config stored in the checkpoint; ``key=value`` overrides apply to
 that config (e.g. another T, data root or batch size). Results go to stdout and ``eval.json``
-(beside the run directory's summary by default, or ``out=PATH``). ``plots=true`` also draws, beside
+beside the run directory's summary; ``out=NAME`` (a bare file name) also goes beside the run,
+``out=FOLDER/NAME`` where it says. ``plots=true`` also draws, beside
 eval.json, a spike raster of test sample 0 and the firing rate per time step of every MLF layer
 (``<eval stem>_spike_raster.png``, ``<eval stem>_firing_rate_per_step.png``), listed under
 ``plots`` in eval.json.
@@ -29,14 +30,14 @@ USAGE = (
 
 def parse(argv: list[str]) -> tuple[Path, Path | None, list[str], bool]:
     """``(checkpoint, out, overrides, plots)`` from ``key=value`` arguments; ``--help`` prints and exits 0."""
-    from ..runner.evaluate import resolve_checkpoint
-
     mine, overrides = key_values(argv, ("checkpoint", "out", "plots"), USAGE, __doc__)
     out = Path(mine["out"]).expanduser() if "out" in mine else None
     plots = mine.get("plots", "false")
     if plots.lower() not in ("true", "false"):
         raise ConfigError(f"plots={plots!r} is invalid: expected true or false")
     plots, ckpt = plots.lower() == "true", Path(mine["checkpoint"]).expanduser()
+    from ..runner.evaluate import resolve_checkpoint  # torch: only once --help is ruled out
+
     return resolve_checkpoint(ckpt), out, overrides, plots
 
 
@@ -44,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point ``snn-eval``."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from ..runner.evaluate import run_eval, write_result
-
     def run() -> dict:
         ckpt, out, overrides, plots = parse(sys.argv[1:] if argv is None else argv)
+        from ..runner.evaluate import run_eval  # torch: once --help is ruled out
+
         return run_eval(ckpt, overrides, out, write=False, plots=plots)
 
     result = user_errors_exit(run)
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: result[k] for k in keys}, indent=2), flush=True)
     if "spikes" in result:
         result["plots"] = [str(p) for p in user_errors_exit(lambda: draw_spikes(result))]
+    from ..runner.evaluate import write_result
+
     out = user_errors_exit(lambda: write_result(result))
     for path in [*result.get("plots", []), out]:
         print(f"wrote {path}")

@@ -6,7 +6,8 @@
 The model is rebuilt from the config stored in the checkpoint (``key=value`` overrides apply to that
 config, as for snn-eval); no dataset is loaded. tdBN is folded into the convolutions, each MLF neuron
 becomes K NIR LIF nodes, and the graph's Output is read out as the mean over time steps. ``out``
-defaults to ``model.nir`` in the run directory; ``dt`` (default 1e-4) is the step of the LIF
+defaults to ``model.nir`` in the run directory (a bare file name goes there too, a path with a folder
+where it says); ``dt`` (default 1e-4) is the step of the LIF
 mapping ``tau = dt / (1 - decay)``, ``r = tau / dt``. A summary is printed as JSON.
 """
 
@@ -27,8 +28,6 @@ USAGE = "usage: snn-export checkpoint=<file or run dir> [out=<file.nir>] [dt=<se
 
 def parse(argv: list[str]) -> tuple[Path, Path | None, float | None, list[str]]:
     """``(checkpoint, out, dt, overrides)`` from ``key=value`` arguments; ``--help`` prints and exits 0."""
-    from ..runner.evaluate import resolve_checkpoint
-
     mine, overrides = key_values(argv, ("checkpoint", "out", "dt"), USAGE, __doc__)
     out = Path(mine["out"]).expanduser() if "out" in mine else None
     dt = None
@@ -40,6 +39,8 @@ def parse(argv: list[str]) -> tuple[Path, Path | None, float | None, list[str]]:
         if not 0 < dt < math.inf:  # nan, inf, 0 and negatives parse as floats too
             raise ConfigError(f"dt={mine['dt']!r} is invalid: expected a finite number > 0 (seconds)")
     ckpt = Path(mine["checkpoint"]).expanduser()
+    from ..runner.evaluate import resolve_checkpoint  # torch: only once --help is ruled out
+
     return resolve_checkpoint(ckpt), out, dt, overrides
 
 

@@ -18,13 +18,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ..errors import UserError, exit_with
-from ..runner import distributed as dist
-from ..runner.outputs import records_to
 from ..runner.preflight import created_run_dir, register_resolvers
 from ..runner.rundir import remove_created, remove_unstarted
 from ..runner.schema import check_overrides
-from ..runner.trainer import train
 from ._common import fail, one_line, user_errors_exit
+
+# torch (runner.trainer, runner.distributed, runner.outputs) is imported in the functions that train:
+# `snn-train --help` answers without it, and mlfsnn.cli sets OpenMP's defaults before it loads.
 
 EXIT_NON_FINITE = 3  # the loss became non-finite (train() exits with it after writing the summary)
 EXIT_PEER_LOST = 4  # another process of a torchrun job died or hung
@@ -38,6 +38,8 @@ def _log_to_files(message: str, run_dir: Path) -> None:
     Only once this process has claimed the run's log: a refused command leaves the log of the run it
     refused as it was.
     """
+    from ..runner.outputs import records_to
+
     if not records_to(run_dir / "train.log"):
         return
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
@@ -57,6 +59,8 @@ def _close_file_logs() -> None:
 
 def _hydra_entry(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+
+    from ..runner import distributed as dist
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     rank0 = dist.env_rank() == 0
@@ -107,11 +111,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """:func:`train`, except that in an Optuna search a diverged trial is a result, not the end of it."""
     from hydra.core.hydra_config import HydraConfig
 
+    from ..runner.trainer import train
+
     try:
         return train(cfg, run_dir)
     except SystemExit as exc:
         sweeper = str(HydraConfig.get().sweeper.get("_target_", "")).lower()
-        if exc.code != EXIT_NON_FINITE or "optuna" not in sweeper or dist.env_rank() != 0:
+        if exc.code != EXIT_NON_FINITE or "optuna" not in sweeper or _rank() != 0:
             raise
     summary = json.loads((run_dir / "summary.json").read_text())  # written before the exit
     summary["best_val_acc"] = summary.get("best_val_acc") or 0.0
@@ -153,7 +159,7 @@ def rank_overrides(argv: list[str]) -> list[str]:
 
     (Their run directory is rank 0's, broadcast by the trainer.)
     """
-    if dist.env_world_size() <= 1 or dist.env_rank() == 0:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _rank() == 0:
         return argv
     extra = ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
     if not any(a.startswith("hydra.run.dir=") for a in argv):
@@ -161,11 +167,51 @@ def rank_overrides(argv: list[str]) -> list[str]:
     return argv + extra
 
 
+def fast_help() -> str:
+    """snn-train's help, from the config folders alone (no Hydra composition, no torch)."""
+    from ..runner.schema import GROUPS, PRESETS, _configs
+
+    root = _configs()
+    lines = [
+        "usage: snn-train [-m] [group=option | +experiment=NAME | key=value ...]",
+        "",
+        (__doc__ or "").strip().split("\n\n", 1)[1],
+        "",
+        "Configuration groups (group=option; the presets are added with +experiment= / +variant=):",
+    ]
+    for group in sorted((*GROUPS, *PRESETS)):
+        folder = root / group
+        names = (
+            sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+            if folder.is_dir()
+            else []
+        )
+        lines.append(f"  {group}: {', '.join(names)}")
+    launchers = sorted(
+        p.name[:-5] for p in (root / "hydra" / "launcher").iterdir() if p.name.endswith(".yaml")
+    )
+    lines.append(f"  hydra/launcher: {', '.join(launchers)} (with -m)")
+    lines += [
+        "",
+        "The composed config with every key: snn-train [overrides] --cfg job (README: Config keys).",
+        "Hydra's own flags (--multirun, --cfg, --info, --shell-completion ...): snn-train --hydra-help",
+    ]
+    return "\n".join(lines)
+
+
+def _rank() -> int:
+    """torchrun's rank of this process (as runner.distributed.env_rank, without importing torch)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def main() -> None:
     """Console entry point ``snn-train`` (also ``python -m mlfsnn.train``)."""
     import hydra
 
     args = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in args):
+        print(fast_help())  # Hydra's own --help composes the whole config first: seconds
+        return
     overrides = _overrides_of(args)
     if overrides is not None:
         user_errors_exit(lambda: check_overrides(overrides))  # before Hydra: a typo is one line, exit 2

@@ -37,9 +37,14 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
-def default_out(checkpoint: Path) -> Path:
+def default_out(checkpoint: Path, out: Path | None = None, name: str = "eval.json") -> Path:
+    """Where a result about ``checkpoint`` goes: beside its run (``<run dir>/<name>``) by default,
+    and so does an ``out`` that is a bare file name; an ``out`` with a folder is taken as given."""
+    if out is not None and (out.is_absolute() or out.parent != Path(".")):
+        return out
     run_dir = checkpoint.resolve().parent.parent
-    return run_dir / "eval.json" if (run_dir / "checkpoints").is_dir() else Path("eval.json")
+    name = out.name if out is not None else name
+    return run_dir / name if (run_dir / "checkpoints").is_dir() else Path(name)
 
 
 def check_writable(out: Path) -> None:
@@ -88,7 +93,7 @@ def run_eval(
     (see :func:`spike_record`) for the caller to draw (snn-eval does, with
     :mod:`mlfsnn.report.spikes`, which this layer may not import); eval.json never holds it.
     """
-    out = out or default_out(checkpoint)
+    out = default_out(checkpoint, out)
     check_writable(out)
     state, cfg = load_with_config(checkpoint, overrides)
     check_memory(cfg, "eval")  # before the test set is built at that size

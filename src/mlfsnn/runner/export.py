@@ -24,7 +24,7 @@ from ..nn.nir import DEFAULT_DT
 from .builders import build_model
 from .checkpoint import load_weights
 from .config import check_memory
-from .evaluate import check_writable, load_with_config
+from .evaluate import check_writable, default_out, load_with_config
 
 __all__ = ["default_export_path", "export_checkpoint", "input_shape"]
 
@@ -35,10 +35,10 @@ FIXED_SIZES = {"cifar10": 32}
 MAX_NODES = 5000
 
 
-def default_export_path(checkpoint: Path) -> Path:
-    """``<run dir>/model.nir`` for a checkpoint inside a run directory, else ``model.nir``."""
-    run_dir = checkpoint.resolve().parent.parent
-    return run_dir / "model.nir" if (run_dir / "checkpoints").is_dir() else Path("model.nir")
+def default_export_path(checkpoint: Path, out: Path | None = None) -> Path:
+    """``<run dir>/model.nir`` for a checkpoint inside a run directory, else ``model.nir``; a bare
+    file name ``out`` goes beside the run too (see :func:`~.evaluate.default_out`)."""
+    return default_out(checkpoint, out, name="model.nir")
 
 
 def input_shape(cfg: Any, weights: dict[str, torch.Tensor]) -> tuple[int, int, int]:
@@ -112,7 +112,7 @@ def export_checkpoint(
         raise ConfigError("NIR export needs the nir package: pip install 'nir>=1.0.8,<2'") from None
     if not (isinstance(dt, (int, float)) and 0 < dt < math.inf):
         raise ConfigError(f"dt={dt!r} is invalid: expected a finite number > 0")
-    out = out or default_export_path(checkpoint)
+    out = default_export_path(checkpoint, out)
     check_writable(out)
     state, cfg = load_with_config(checkpoint, overrides)
     shape = input_shape(cfg, state["model"])

@@ -11,6 +11,8 @@ function, so checks made there are too late. :class:`Preflight` is a Hydra callb
   Optuna search has its search space checked instead (:mod:`.search_space`).
 
 Refusals print one line and exit with code 2 (``SystemExit`` passes through Hydra's reporting).
+The checks that need torch import it when they run: importing this module (snn-train does, before
+Hydra parses ``--help``) stays light.
 """
 
 from __future__ import annotations
@@ -25,9 +27,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..errors import ConfigError, UserError, exit_with, one_line
 from ..files import refuse_links
-from . import distributed as dist
-from .config import check_memory, validate
-from .resume import check_resumable
 from .rundir import (
     check_path_length,
     claim_run_dir,
@@ -69,9 +68,11 @@ class Preflight:
                     f"hydra/launcher={chosen} takes effect only for a sweep: add -m (or --multirun) to "
                     "launch through it; without -m the run would start here, on this machine"
                 )
+            from .config import check_memory, validate  # torch: loaded once a run really starts
+
             validate(config)
             check_memory(config)
-            if dist.env_rank() != 0:
+            if int(os.environ.get("RANK", "0")) != 0:
                 return  # other torchrun ranks write nothing; rank 0 owns the directory
             run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
             tr = config.trainer
@@ -90,6 +91,8 @@ class Preflight:
             jobs = _sweep_jobs(config)
         except UserError as exc:
             exit_with(one_line(exc))
+        from .config import check_memory, validate
+
         optuna = is_optuna(config)
         for where, job in jobs:
             try:
@@ -213,6 +216,8 @@ def _check_point(where: str, job: DictConfig, job_dir: Path, held: list[Path], r
             "trainer.resume=auto to continue the sweep, or trainer.overwrite=true to start over"
         )
     if found and tr.resume and resumed_configs:
+        from .resume import check_resumable
+
         try:
             check_resumable(_resolved(job), tr.resume, job_dir)
         except UserError as exc:
