@@ -195,6 +195,8 @@ class WandbLogger:
             dir=str(run_dir),
             mode=mode,
             reinit="finish_previous",
+            # configs stored before the key existed have no verbose: quiet, as the default
+            settings=wandb.Settings(silent=not bool(cfg.get("verbose", False))),
             id=run_id,
             resume="allow" if run_id else None,
         )
