@@ -97,6 +97,13 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     return objective(summary)
 
 
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """:func:`mlfsnn.runner.trainer.train`, imported when a run starts (it loads torch)."""
+    from ..runner.trainer import train as run
+
+    return run(cfg, run_dir)
+
+
 def objective(summary: dict[str, Any]) -> float | None:
     """What the task function returns: the sweep objective of a run, for a sweeper that reads one.
 
@@ -110,8 +117,6 @@ def objective(summary: dict[str, Any]) -> float | None:
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """:func:`train`, except that in an Optuna search a diverged trial is a result, not the end of it."""
     from hydra.core.hydra_config import HydraConfig
-
-    from ..runner.trainer import train
 
     try:
         return train(cfg, run_dir)

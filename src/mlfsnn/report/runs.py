@@ -129,6 +129,11 @@ class Run:
     def num_params(self) -> int | None:
         return self._summary_or("num_params", None)
 
+    @property
+    def wall_time_s(self) -> float | None:
+        """The run's cost: every process it took (summary.json counts each up to its last checkpoint)."""
+        return self._summary_or("wall_time_s", None)
+
     def last_value(self, key: str) -> Any:
         """``key`` from the last metrics row that has it, else from the summary."""
         for row in reversed(self.metrics):

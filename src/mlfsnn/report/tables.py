@@ -73,6 +73,11 @@ def _epochs(row: Row) -> tuple[int | None, int | None]:
     return (min(epochs), max(epochs)) if epochs else (None, None)
 
 
+def _wall_hours(row: Row) -> float | None:
+    times = [r.wall_time_s for r in row.runs if r.wall_time_s is not None]
+    return sum(times) / 3600 if times else None
+
+
 def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.3g}x"
 
@@ -161,6 +166,7 @@ def csv_rows(rows: list[Row], keys: list[str]) -> list[list[str]]:
         "energy_ratio_mean",
         "epochs_min",
         "epochs_max",
+        "wall_time_h",  # the row's cost: every run's wall_time_s (all its processes), summed
     ]
     header += ["paper_acc", "paper_verified", "paper_id", "seeds", "runs"]
     out = [header]
@@ -175,6 +181,7 @@ def csv_rows(rows: list[Row], keys: list[str]) -> list[list[str]]:
         line += [_num(row.mean_of("sops_per_sample")), _num(row.mean_of("ann_macs_per_sample"))]
         line += [_num(row.mean_of("energy_ratio"))]
         line += [_num(x) for x in _epochs(row)]
+        line += [_num(_wall_hours(row))]
         first = row.paper[0] if row.paper else {}
         line += [_num(first.get("test_acc")), _num(first.get("verified")) if first else ""]
         line += [first.get("id", ""), " ".join(format_value(r.seed) for r in row.runs)]

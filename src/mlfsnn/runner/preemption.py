@@ -8,9 +8,11 @@ Ctrl-C stops at once (:class:`Interrupted`, which the CLI turns into one line), 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -29,6 +31,8 @@ class PreemptionGuard:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
         self._chain_to: dict[int, Any] = {}  # kept after exit: chain() runs once our handler is gone
+        self._protected = False
+        self._interrupt_pending = False
 
     @property
     def requested(self) -> bool:
@@ -36,6 +40,9 @@ class PreemptionGuard:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            if self._protected:
+                self._interrupt_pending = True  # raised when the write in progress is complete
+                return
             raise Interrupted
         if signum == signal.SIGINT:
             # os.write, not print: a handler that prints while tqdm is printing would fail (reentrant)
@@ -53,6 +60,19 @@ class PreemptionGuard:
             signal.signal(s, handler)
         self._chain_to = dict(self._previous)
         self._previous.clear()
+
+    @contextlib.contextmanager
+    def protect(self) -> Iterator[None]:
+        """Hold a second Ctrl-C until the block ends: a checkpoint being written completes (an
+        interrupt inside torch.save would surface as torch's own "unexpected pos" error)."""
+        self._protected = True
+        try:
+            yield
+        finally:
+            self._protected = False
+        if self._interrupt_pending:
+            self._interrupt_pending = False
+            raise Interrupted
 
     def chain(self) -> None:
         """Call the handler that was installed before ours (e.g. submitit's save-and-requeue).

@@ -325,7 +325,9 @@ class Trainer:
             "config": self.resolved,
             "num_params": self.num_params,
         }
-        save_checkpoint(state, self.ckpt_dir / f"{name}.pt", keep_previous=name == "last")
+        guard = getattr(self, "guard", None)
+        with guard.protect() if guard is not None else contextlib.nullcontext():
+            save_checkpoint(state, self.ckpt_dir / f"{name}.pt", keep_previous=name == "last")
 
     # --- finish -----------------------------------------------------------------------------------
 
