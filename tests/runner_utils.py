@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -62,3 +63,14 @@ def sigterm_at_step(monkeypatch: pytest.MonkeyPatch, step: int, sleep_after_firs
         return real(pending, progress, ctx, epoch, global_step, guard)
 
     monkeypatch.setattr(loop_module, "_flush", deliver)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """The one ``error:`` line of a CLI that refused (exit 2, no traceback), containing ``needles``."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from runner_utils import one_line_error
+
 BIN = Path(sys.executable).parent
 
 
@@ -17,25 +19,16 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
-
-
 @pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine is a SLURM node")
 def test_the_slurm_launcher_off_a_cluster_is_one_line(tmp_path: Path) -> None:
     proc = _cli([str(BIN / "snn-train"), "-m", "+experiment=digits", "hydra/launcher=slurm"], tmp_path)
-    _one_line_error(proc, "hydra/launcher=slurm", "srun", "local_parallel")
+    one_line_error(proc, "hydra/launcher=slurm", "srun", "local_parallel")
     assert not list(tmp_path.iterdir())
 
 
 def test_a_launcher_without_multirun_is_one_line(tmp_path: Path) -> None:
     proc = _cli([str(BIN / "snn-train"), "+experiment=digits", "hydra/launcher=local_parallel"], tmp_path)
-    _one_line_error(proc, "hydra/launcher=local_parallel", "-m")
+    one_line_error(proc, "hydra/launcher=local_parallel", "-m")
     assert not list(tmp_path.iterdir())
 
 

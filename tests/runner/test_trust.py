@@ -16,7 +16,7 @@ import mlfsnn.runner.loop as loop_module
 from mlfsnn.errors import CheckpointError, ConfigError
 from mlfsnn.runner.checkpoint import load_checkpoint
 from mlfsnn.runner.trainer import train
-from runner_utils import TINY, compose_cfg, read_metrics, sigterm_at_step
+from runner_utils import TINY, compose_cfg, one_line_error, read_metrics, sigterm_at_step
 
 BIN = Path(sys.executable).parent
 ONE = [*TINY, "trainer.epochs=1"]
@@ -43,16 +43,6 @@ def _snapshot(folder: Path) -> dict[str, str]:
     }
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished one-epoch run made through the CLI (so it has .hydra/ and train.log too)."""
@@ -68,7 +58,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_rerun_into_a_finished_run_is_refused_and_changes_nothing(finished: Path) -> None:
     before = _snapshot(finished / "run")
     proc = _train_cli(finished, "hydra.run.dir=run")
-    _one_line_error(proc, "already holds a run", "trainer.resume=auto", "trainer.overwrite=true")
+    one_line_error(proc, "already holds a run", "trainer.resume=auto", "trainer.overwrite=true")
     assert _snapshot(finished / "run") == before
 
 
@@ -102,7 +92,7 @@ def test_a_second_process_is_refused_while_the_first_holds_the_directory(tmp_pat
     try:
         assert holder.stdout.readline().strip() == "locked"
         proc = _train_cli(tmp_path, "hydra.run.dir=run")
-        _one_line_error(proc, "in use by another process", f"pid {holder.pid}")
+        one_line_error(proc, "in use by another process", f"pid {holder.pid}")
         assert sorted(p.name for p in run.iterdir()) == [".mlfsnn.lock"]  # Hydra wrote nothing there
     finally:
         holder.kill()
@@ -253,7 +243,7 @@ def test_snn_eval_refuses_a_checkpoint_with_a_flipped_weight(finished: Path, tmp
     bad.write_bytes(bytes(data))
     torch.load(bad, weights_only=True)  # torch itself does not notice
     proc = _cli([str(BIN / "snn-eval"), f"checkpoint={bad}", f"out={tmp_path / 'e.json'}"], tmp_path)
-    _one_line_error(proc, str(bad), "corrupt")
+    one_line_error(proc, str(bad), "corrupt")
     assert not (tmp_path / "e.json").exists()
 
 
@@ -264,14 +254,14 @@ def test_unusable_checkpoint_folder_is_refused_before_training(tmp_path: Path) -
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoints").write_text("a file where the folder should be")
     proc = _train_cli(tmp_path, "hydra.run.dir=run")
-    _one_line_error(proc, "checkpoints")
+    one_line_error(proc, "checkpoints")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_snn_eval_checks_out_first_and_prints_before_writing(finished: Path, tmp_path: Path) -> None:
     (tmp_path / "blocker").write_text("a file")
     args = [str(BIN / "snn-eval"), f"checkpoint={finished / 'run'}"]
-    _one_line_error(_cli([*args, f"out={tmp_path / 'blocker' / 'e.json'}"], tmp_path), "blocker")
+    one_line_error(_cli([*args, f"out={tmp_path / 'blocker' / 'e.json'}"], tmp_path), "blocker")
     code = (
         "import sys, errno, mlfsnn.runner.evaluate as e\n"
         "def boom(*a, **k):\n    raise OSError(errno.ENOSPC, 'No space left on device')\n"
@@ -313,14 +303,14 @@ def test_stale_temporaries_are_removed_at_start(tmp_path: Path) -> None:
 )
 def test_mistakes_are_one_line_and_create_nothing(tmp_path: Path, arg: str, needles: list[str]) -> None:
     proc = _cli([str(BIN / "snn-train"), *TINY, arg], tmp_path)
-    _one_line_error(proc, *needles)
+    one_line_error(proc, *needles)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_run_dir_under_a_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     proc = _train_cli(tmp_path, "hydra.run.dir=f/run")
-    _one_line_error(proc, "f/run")
+    one_line_error(proc, "f/run")
 
 
 def test_data_error_after_hydra_started_leaves_no_directory(tmp_path: Path) -> None:
@@ -333,14 +323,14 @@ def test_data_error_after_hydra_started_leaves_no_directory(tmp_path: Path) -> N
         ],
         tmp_path,
     )
-    _one_line_error(proc, "cifar-10-batches-py")
+    one_line_error(proc, "cifar-10-batches-py")
     assert not (tmp_path / "run").exists()
 
 
 def test_a_sweep_with_one_bad_point_runs_nothing(tmp_path: Path) -> None:
     for values in ("8,21", "21,8"):
         proc = _cli([str(BIN / "snn-train"), "-m", *TINY, f"model.depth={values}"], tmp_path)
-        _one_line_error(proc, "sweep point", "model.depth=21", "nothing was run")
+        one_line_error(proc, "sweep point", "model.depth=21", "nothing was run")
         assert list(tmp_path.iterdir()) == []
 
 
@@ -348,7 +338,7 @@ def test_snn_eval_refuses_an_unknown_override_and_keeps_eval_json(finished: Path
     args = [str(BIN / "snn-eval"), f"checkpoint={finished / 'run'}"]
     assert _cli(args, finished).returncode == 0
     before = (finished / "run" / "eval.json").read_bytes()
-    _one_line_error(_cli([*args, "tme_steps=8"], finished), "tme_steps", "did you mean time_steps")
+    one_line_error(_cli([*args, "tme_steps=8"], finished), "tme_steps", "did you mean time_steps")
     assert (finished / "run" / "eval.json").read_bytes() == before
 
 
@@ -445,4 +435,4 @@ def test_hydra_flags_with_values_pass_the_pre_check(tmp_path: Path) -> None:
     proc = _cli([str(BIN / "snn-train"), "+experiment=digits", "--cfg", "job"], tmp_path)
     assert proc.returncode == 0 and "name: digits" in proc.stdout, proc.stderr[-1000:]
     proc = _cli([str(BIN / "snn-train"), "-cn", "train", "+experiment=digits", "dataset.sizee=3"], tmp_path)
-    _one_line_error(proc, "did you mean dataset.size")
+    one_line_error(proc, "did you mean dataset.size")

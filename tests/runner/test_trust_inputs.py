@@ -36,7 +36,7 @@ from mlfsnn.runner.config import check_memory
 from mlfsnn.runner.evaluate import load_with_config
 from mlfsnn.runner.resume import load_init_weights
 from mlfsnn.runner.schema import MAX_NESTING, check_overrides
-from runner_utils import TINY, compose_cfg
+from runner_utils import TINY, compose_cfg, one_line_error
 
 BIN = Path(sys.executable).parent
 HANG = 120  # seconds: a refusal takes a few (mostly imports); the bugs these guard against never end
@@ -44,16 +44,6 @@ HANG = 120  # seconds: a refusal takes a few (mostly imports); the bugs these gu
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=HANG)
-
-
-def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def _deep_save(obj: Any, path: Path) -> Path:
@@ -146,7 +136,7 @@ def test_crafted_checkpoints_are_one_line_in_the_clis(
 ) -> None:
     out = tmp_path / ("x.nir" if script == "snn-export" else "e.json")
     proc = _cli([str(BIN / script), f"checkpoint={crafted[kind]}", f"out={out}"], tmp_path)
-    _one_line_error(proc, str(crafted[kind]), "is not an mlfsnn checkpoint", f"deeper than {MAX_DEPTH}")
+    one_line_error(proc, str(crafted[kind]), "is not an mlfsnn checkpoint", f"deeper than {MAX_DEPTH}")
     assert not out.exists()
 
 
@@ -238,7 +228,7 @@ def _nested_override(key: str, depth: int) -> str:
 @pytest.mark.slow
 def test_deep_override_is_one_line_before_hydra(tmp_path: Path) -> None:
     proc = _cli([str(BIN / "snn-train"), *TINY, _nested_override("+a", 3000)], tmp_path)
-    _one_line_error(proc, "+a=", "3000 levels", f"at most {MAX_NESTING}")
+    one_line_error(proc, "+a=", "3000 levels", f"at most {MAX_NESTING}")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -270,7 +260,7 @@ def test_stored_config_just_inside_the_depth_bound_is_one_line(run_dir: Path, tm
 def test_absurd_levels_are_refused_before_any_work(tmp_path: Path) -> None:
     args = ["+experiment=digits", "neuron.levels=1000000", "logger.wandb.enabled=false", "hydra.run.dir=run"]
     proc = _cli([str(BIN / "snn-train"), *args], tmp_path)
-    _one_line_error(proc, "neuron.levels=1000000", "cannot fit", "GiB")
+    one_line_error(proc, "neuron.levels=1000000", "cannot fit", "GiB")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -299,7 +289,7 @@ def test_absurd_sizes_are_refused_before_allocating(
 ) -> None:
     out = tmp_path / ("x.nir" if script == "snn-export" else "e.json")
     proc = _cli([str(BIN / script), f"checkpoint={run_dir}", f"out={out}", arg], tmp_path)
-    _one_line_error(proc, needle)
+    one_line_error(proc, needle)
     assert not out.exists()
 
 

@@ -21,7 +21,7 @@ from mlfsnn.errors import UserError
 from mlfsnn.files import append_bytes, atomic_write_text
 from mlfsnn.runner.outputs import MetricsLog
 from mlfsnn.runner.trainer import train
-from runner_utils import TINY, compose_cfg, sigterm_at_step
+from runner_utils import TINY, compose_cfg, one_line_error, sigterm_at_step
 
 BIN = Path(sys.executable).parent
 ONE = [*TINY, "trainer.epochs=1"]
@@ -49,16 +49,6 @@ def _tree(folder: Path) -> dict[str, str]:
         elif p.is_file() and p.name != ".mlfsnn.lock":
             out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
-
-
-def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +85,7 @@ def test_overwrite_sweep_over_a_live_run_moves_nothing(tmp_path: Path) -> None:
             assert live.poll() is None and time.time() < deadline, live.communicate()[1][-2000:]
             time.sleep(0.1)
         proc = _sweep(tmp_path, "trainer.seed=1,2", "hydra.sweep.dir=s", "trainer.overwrite=true")
-        _one_line_error(proc, "in use by another process", "nothing was run")
+        one_line_error(proc, "in use by another process", "nothing was run")
         assert not list((tmp_path / "s" / "0").glob("replaced-*"))
     finally:
         live.send_signal(signal.SIGTERM)  # it stops at its next step, checkpoint first
@@ -114,7 +104,7 @@ def test_a_refused_resume_leaves_the_run_record_as_it_was(finished: Path, tmp_pa
     run = _copy_run(finished / "run", tmp_path / "run")
     before = _tree(run)
     proc = _train(tmp_path, "hydra.run.dir=run", "trainer.resume=auto", "neuron.levels=2")
-    _one_line_error(proc, "neuron.levels")
+    one_line_error(proc, "neuron.levels")
     assert _tree(run) == before  # .hydra/config.yaml still says what the run computed
 
 
@@ -132,7 +122,7 @@ def test_a_sweep_rerun_with_reordered_points_is_refused_before_any_job(tmp_path:
     assert first.returncode == 0, first.stderr[-2000:]
     before = _tree(tmp_path / "s")
     proc = _sweep(tmp_path, "trainer.seed=2,1", "hydra.sweep.dir=s", "trainer.resume=auto")
-    _one_line_error(proc, "sweep point 0", "trainer.seed", "nothing was run")
+    one_line_error(proc, "sweep point 0", "trainer.seed", "nothing was run")
     after = _tree(tmp_path / "s")
     after.pop("multirun.yaml", None), before.pop("multirun.yaml", None)
     assert after == before
@@ -140,30 +130,43 @@ def test_a_sweep_rerun_with_reordered_points_is_refused_before_any_job(tmp_path:
 
 def test_two_sweep_points_in_one_directory_are_refused(tmp_path: Path) -> None:
     proc = _sweep(tmp_path, "trainer.seed=1,2", "hydra.sweep.dir=s", "hydra.sweep.subdir=same")
-    _one_line_error(proc, "sweep point 0", "sweep point 1", "hydra.sweep.subdir")
+    one_line_error(proc, "sweep point 0", "sweep point 1", "hydra.sweep.subdir")
     assert not (tmp_path / "s").exists()
 
 
 # --- 3. planted links are refused, their targets untouched ----------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name", [".mlfsnn.lock", "metrics.jsonl", "train.log", "summary.json", "checkpoints", ".hydra"]
-)
-def test_a_planted_link_in_a_new_run_dir_is_refused(tmp_path: Path, name: str) -> None:
+def _plant(tmp_path: Path, name: str) -> tuple[Path, Path, dict[str, str]]:
+    """``run/<name>`` linked to a folder (or a file in it) outside the run, with user files there."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "precious.txt").write_text("keep me\n")
     (outside / ".last.pt.abcdefgh.tmp").write_text("a user file named like our temp files\n")
-    before = _tree(outside)
     run = tmp_path / "run"
     run.mkdir()
     target = outside if name in ("checkpoints", ".hydra") else outside / "precious.txt"
     (run / name).symlink_to(target)
-    proc = _train(tmp_path, "hydra.run.dir=run")
-    _one_line_error(proc, "symbolic link", name)
-    assert _tree(outside) == before
-    assert (run / name).is_symlink()
+    return run, outside, _tree(outside)
+
+
+@pytest.mark.parametrize(
+    "name", [".mlfsnn.lock", "metrics.jsonl", "train.log", "summary.json", "checkpoints", ".hydra"]
+)
+def test_a_planted_link_in_a_run_dir_is_refused_by_the_claim(tmp_path: Path, name: str) -> None:
+    from mlfsnn.errors import ConfigError
+    from mlfsnn.runner.rundir import claim_run_dir
+
+    run, outside, before = _plant(tmp_path, name)
+    with pytest.raises(ConfigError, match=f"{name} is a symbolic link"):
+        claim_run_dir(run, "auto", False)
+    assert _tree(outside) == before and (run / name).is_symlink()
+
+
+def test_a_planted_link_is_refused_by_snn_train_before_hydra_writes(tmp_path: Path) -> None:
+    run, outside, before = _plant(tmp_path, "train.log")  # Hydra's log handler would append to it
+    one_line_error(_train(tmp_path, "hydra.run.dir=run"), "symbolic link", "train.log")
+    assert _tree(outside) == before and sorted(p.name for p in run.iterdir()) == [".mlfsnn.lock", "train.log"]
 
 
 def test_a_planted_link_in_a_sweep_point_is_refused_before_any_job(tmp_path: Path) -> None:
@@ -172,7 +175,7 @@ def test_a_planted_link_in_a_sweep_point_is_refused_before_any_job(tmp_path: Pat
     (tmp_path / "s" / "1").mkdir(parents=True)
     (tmp_path / "s" / "1" / "train.log").symlink_to(outside)
     proc = _sweep(tmp_path, "trainer.seed=1,2", "hydra.sweep.dir=s")
-    _one_line_error(proc, "sweep point 1", "symbolic link", "train.log")
+    one_line_error(proc, "sweep point 1", "symbolic link", "train.log")
     assert outside.read_text() == "keep me\n" and not (tmp_path / "s" / "0").exists()
 
 
@@ -181,7 +184,7 @@ def test_a_lock_file_with_a_second_name_is_refused(tmp_path: Path) -> None:
     outside.write_text("keep me\n")
     (tmp_path / "run").mkdir()
     os.link(outside, tmp_path / "run" / ".mlfsnn.lock")
-    _one_line_error(_train(tmp_path, "hydra.run.dir=run"), "hard link")
+    one_line_error(_train(tmp_path, "hydra.run.dir=run"), "hard link")
     assert outside.read_text() == "keep me\n"
 
 
@@ -226,7 +229,7 @@ def tiny_disk(tmp_path: Path):
 
 def test_a_full_disk_at_start_is_one_line_and_leaves_no_directory(tiny_disk: Path, tmp_path: Path) -> None:
     proc = _train(tmp_path, f"hydra.run.dir={tiny_disk}/run/deeper")
-    _one_line_error(proc, "No space left on device")
+    one_line_error(proc, "No space left on device")
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler"]
 
 
@@ -253,7 +256,7 @@ def test_a_failed_append_leaves_no_half_line(tmp_path: Path, monkeypatch: pytest
 
 def test_an_overlong_run_dir_is_one_line(tmp_path: Path) -> None:
     proc = _train(tmp_path, f"hydra.run.dir=runs/{'a' * 300}")
-    _one_line_error(proc, "hydra.run.dir", "255")
+    one_line_error(proc, "hydra.run.dir", "255")
     assert not (tmp_path / "runs").exists()
 
 
@@ -279,5 +282,5 @@ def test_a_refused_optuna_rerun_leaves_trial_zero_as_it_was(tmp_path: Path) -> N
     before = _tree(tmp_path / "s" / "0")
     # another sampler seed proposes other hyperparameters for trial 0: not the same trajectory
     proc = _cli([*cmd, "hydra.sweeper.sampler.seed=7", "trainer.resume=auto"], tmp_path)
-    _one_line_error(proc, "cannot resume")
+    one_line_error(proc, "cannot resume")
     assert _tree(tmp_path / "s" / "0") == before
