@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from ..errors import UserError, exit_with
 from ..runner.preflight import created_run_dir, register_resolvers
+from ..runner.rank import env_rank, env_world_size
 from ..runner.rundir import remove_created, remove_unstarted
 from ..runner.schema import check_overrides
 from ._common import fail, one_line, user_errors_exit
@@ -63,7 +64,7 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     from ..runner import distributed as dist
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    rank0 = dist.env_rank() == 0
+    rank0 = env_rank() == 0
     if rank0:
         print(f"run directory: {run_dir}", file=sys.stderr)
     try:
@@ -122,7 +123,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return train(cfg, run_dir)
     except SystemExit as exc:
         sweeper = str(HydraConfig.get().sweeper.get("_target_", "")).lower()
-        if exc.code != EXIT_NON_FINITE or "optuna" not in sweeper or _rank() != 0:
+        if exc.code != EXIT_NON_FINITE or "optuna" not in sweeper or env_rank() != 0:
             raise
     summary = json.loads((run_dir / "summary.json").read_text())  # written before the exit
     summary["best_val_acc"] = summary.get("best_val_acc") or 0.0
@@ -164,7 +165,7 @@ def rank_overrides(argv: list[str]) -> list[str]:
 
     (Their run directory is rank 0's, broadcast by the trainer.)
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _rank() == 0:
+    if env_world_size() <= 1 or env_rank() == 0:
         return argv
     extra = ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
     if not any(a.startswith("hydra.run.dir=") for a in argv):
@@ -202,11 +203,6 @@ def fast_help() -> str:
         "Hydra's own flags (--multirun, --cfg, --info, --shell-completion ...): snn-train --hydra-help",
     ]
     return "\n".join(lines)
-
-
-def _rank() -> int:
-    """torchrun's rank of this process (as runner.distributed.env_rank, without importing torch)."""
-    return int(os.environ.get("RANK", "0"))
 
 
 def main() -> None:

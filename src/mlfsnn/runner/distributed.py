@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..nn.tdbn import TdBatchNorm
+from .rank import env_rank, env_world_size
 
 __all__ = [
     "PeerLost",
@@ -36,14 +37,6 @@ __all__ = [
 
 class PeerLost(RuntimeError):
     """Another process of the job died or hung: the collective timed out or its connection broke."""
-
-
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def is_distributed() -> bool:

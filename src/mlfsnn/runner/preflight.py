@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..errors import ConfigError, UserError, exit_with, one_line
 from ..files import refuse_links
+from .rank import env_rank
 from .rundir import (
     check_path_length,
     claim_run_dir,
@@ -72,7 +73,7 @@ class Preflight:
 
             validate(config)
             check_memory(config)
-            if int(os.environ.get("RANK", "0")) != 0:
+            if env_rank() != 0:
                 return  # other torchrun ranks write nothing; rank 0 owns the directory
             run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
             tr = config.trainer
