@@ -64,7 +64,7 @@ def test_info_and_prepare_on_missing_data(tmp_path, capsys) -> None:
     assert err.startswith("error: CIFAR10-DVS (original release) incomplete") and "\n" not in err
     assert str(tmp_path / "none") in err and "figshare.com" in err
     assert main(["info", "dataset=dvs_gesture", "dataset.source=tonic", f"dataset.root={tmp_path}"]) == 1
-    assert "figshare.com/ndownloader/files/38022171" in capsys.readouterr().out
+    assert "api.figshare.com/v2/file/download/38022171" in capsys.readouterr().out
 
 
 def test_cifar_prepare_and_bench(tmp_path, capsys) -> None:
@@ -96,11 +96,11 @@ def user_error(argv: list[str]) -> None:
 def test_help_lists_the_commands(argv, capsys) -> None:
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: snn-data {prepare,info,bench}")
-    assert all(f"  {c} " in out for c in ("prepare", "info", "bench"))
+    assert out.startswith("usage: snn-data {download,prepare,info,bench}")
+    assert all(f"  {c} " in out for c in ("download", "prepare", "info", "bench"))
 
 
-@pytest.mark.parametrize("command", ["prepare", "info", "bench"])
+@pytest.mark.parametrize("command", ["download", "prepare", "info", "bench"])
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_command_help_exits_0_before_hydra_sees_it(command, flag, capsys) -> None:
     assert main([command, "dataset=dvs_gesture", flag]) == 0

@@ -238,7 +238,9 @@ def test_gesture_tonic_source(tmp_path) -> None:
     (loc / "ibmGestureTest" / "user24_led" / "3.npy").write_bytes(b"\x93NUMPY broken")
     with pytest.raises(DataError, match=r"user24_led/3\.npy: unreadable"):
         build(tmp_path, f"dataset.root={tmp_path / 'tn'}", "dataset.source=tonic", "dataset.bin_ms=2")
-    with pytest.raises(DataError, match=r"figshare\.com/ndownloader"):
+    with pytest.raises(
+        DataError, match=r"snn-data download dataset=dvs_gesture source=tonic .*api\.figshare"
+    ):
         build(tmp_path, f"dataset.root={tmp_path / 'none'}", "dataset.source=tonic", "dataset.download=false")
 
 

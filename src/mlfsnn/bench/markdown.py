@@ -79,4 +79,9 @@ def to_markdown(result: dict[str, Any]) -> str:
 
         lines += ["## A shared CPU (digits demo step: quiet vs one busy process)", ""]
         lines += [*contention_markdown(result["contention"]), ""]
+    if result.get("framing"):
+        from .framing import framing_markdown
+
+        lines += ["## Event framing (events/s: mlfsnn's frame_events next to tonic's ToFrame)", ""]
+        lines += [*framing_markdown(result["framing"]), ""]
     return "\n".join(lines)

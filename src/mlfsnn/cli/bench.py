@@ -4,6 +4,7 @@
     snn-bench --quick         # tiny sizes, seconds (a smoke test of the benchmark itself)
     snn-bench --compile       # also torch.compile'd MLF and ReLU nets (compile time reported apart)
     snn-bench --contention --skip-neuron --skip-train   # the digits step beside a busy process
+    snn-bench --framing --skip-neuron --skip-train      # event framing: events/s, ours vs tonic's ToFrame
 
 See :mod:`mlfsnn.bench` for what is measured and how.
 """
@@ -51,7 +52,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also the digits demo's step, quiet and beside one busy process, per wait policy and threads",
     )
+    p.add_argument(
+        "--framing",
+        action="store_true",
+        help="also event framing (DVS-Gesture-sized recordings, T=20): events/s, ours vs tonic's ToFrame",
+    )
     return p
+
+
+def _framer(framing: str, size: int, bin_us: int, time_steps: int) -> Any:
+    """mlfsnn's frame building for the framing benchmark (which sits below the data layer)."""
+    from ..data.events.framing import FrameSpec, frame_events
+
+    spec = FrameSpec(time_steps=time_steps, framing=framing, bin_us=bin_us, size=size)
+    return lambda events: frame_events(events, spec)
 
 
 def run_bench(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -89,6 +103,11 @@ def run_bench(argv: Sequence[str] | None = None) -> dict[str, Any]:
             contention=args.contention,
             compile_opts=opts,
         )
+        if args.framing:
+            from ..bench.framing import framing_benchmark
+
+            repeats = result["settings"]["repeats"]
+            result["framing"] = framing_benchmark(_framer, repeats=repeats, quick=args.quick)
     finally:
         torch.set_num_threads(threads)  # called in-process (tests): leave the caller's setting alone
     print(bench.write(result, args.out))

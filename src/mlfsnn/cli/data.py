@@ -1,19 +1,25 @@
-"""``snn-data``: prepare and inspect the event datasets' frame caches.
+"""``snn-data``: download the datasets, prepare and inspect the event datasets' frame caches.
 
+    snn-data download dataset=cifar10_dvs           # the files, resumed, verified (docs/data.md)
+    snn-data download dataset=dvs_gesture source=tonic
     snn-data prepare +experiment=dvs_gesture dataset.root=/data/dvs_gesture
     snn-data info dataset=cifar10_dvs dataset.root=/data/cifar10_dvs
     snn-data bench +experiment=dvs_gesture          # samples/s read from a prepared cache
 
 Arguments after the command are Hydra overrides of snn-train's config (configs/train.yaml), so the
-cache that ``prepare`` builds is exactly the one a training run with the same overrides reads.
-Nothing here touches the network.
+cache that ``prepare`` builds is exactly the one a training run with the same overrides reads, and
+``download`` puts the files where that run looks. Only ``download`` touches the network
+(``MLFSNN_DATA_MIRROR=<base URL>``: a mirror tried first, each file at <base>/<dataset>/<file name>).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,8 +29,10 @@ from ._common import user_errors_exit
 
 __all__ = ["compose", "main"]
 
-USAGE = "usage: snn-data {prepare,info,bench} [hydra overrides ...]"
+USAGE = "usage: snn-data {download,prepare,info,bench} [hydra overrides ...]"
 COMMAND_HELP = {
+    "download": "fetch the dataset's files into dataset.root; source=NAME picks the copy, "
+    "MLFSNN_DATA_MIRROR=<base URL> is tried first; resumes, verifies",
     "prepare": "build the frame cache for the configured dataset (split/class counts, statistics)",
     "info": "what is under dataset.root against what is expected, where to download it, cache status",
     "bench": "read the prepared cache and report samples/s (direct and through a DataLoader)",
@@ -181,7 +189,64 @@ def bench(cfg: Any, overrides: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Any, Sequence[str]], int]] = {"prepare": prepare, "info": info, "bench": bench}
+def download(cfg: Any, overrides: Sequence[str]) -> int:
+    """Fetch every file of the dataset's source into ``dataset.root`` (or say where to get it)."""
+    from ..data.download import download_dataset, manual_message
+    from ..data.sources import find_source
+
+    name = str(cfg.dataset.name)
+    source = find_source(name, cfg.dataset.get("source"))
+    root = Path(os.path.expanduser(str(cfg.dataset.root))).resolve()
+    print(f"{name}: source={source.name}, root={root} ({source.page})")
+    if source.manual:
+        found = _found_by_hand(source, root)
+        if found is None:
+            raise DataError(manual_message(source, root))
+        print(found)
+    else:
+        for f in source.files:
+            size = f"{f.size:,} bytes" if f.size else "size not published"
+            check = f"md5 {f.md5}" if f.md5 else "no published checksum"
+            print(f"  {Path(f.folder) / f.name}: {size}, {check}")
+        for path, how in download_dataset(name, root, source.name):
+            md5 = next((f.md5 for f in source.files if f.name == path.name), None)
+            check = "md5 verified" if md5 else "archive intact, sha256 recorded"
+            print(f"{path}: {how}, {path.stat().st_size:,} bytes, {check}")
+        if source.note:
+            print(f"note: {source.note}")
+    if name == "cifar10":
+        print(f"ready: snn-train dataset.root={root}")
+    else:
+        rest = " ".join(o.lstrip("+") for o in overrides if not o.startswith("dataset="))
+        print(f"next: snn-data prepare dataset={name} {rest}".rstrip())
+    return 0
+
+
+def _found_by_hand(source: Any, root: Path) -> str | None:
+    """What of a source without a direct link is already under ``root`` (checked), or None."""
+    from ..data.download import manual_message
+    from ..data.events.dvs_gesture import locate_ibm
+    from ..data.verify import verify_existing
+
+    try:
+        kind, path = locate_ibm(root)
+    except DataError:
+        return None
+    if kind == "folder":
+        return f"found: the extracted folder {path}; nothing to download"
+    print(f"checking {path} (read whole once; its sha256 is recorded beside it) ...", flush=True)
+    problem = verify_existing(source.files[0], path)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}; {manual_message(source, root)}")
+    return f"found: {path}, gzip and tar intact, sha256 in {path.name}.sha256; nothing to download"
+
+
+COMMANDS: dict[str, Callable[[Any, Sequence[str]], int]] = {
+    "download": download,
+    "prepare": prepare,
+    "info": info,
+    "bench": bench,
+}
 
 
 def _help(command: str | None) -> str:
@@ -205,6 +270,8 @@ def _run(args: list[str]) -> int:
     if any(arg in HELP_FLAGS for arg in overrides):
         print(_help(command))
         return 0
+    if command == "download":  # source=NAME is dataset.source, which cifar10's config lacks
+        overrides = [re.sub(r"^source=", "++dataset.source=", arg) for arg in overrides]
     cfg = compose(overrides)
     try:
         return COMMANDS[command](cfg, overrides)

@@ -1,71 +1,116 @@
-"""Fetching a dataset archive with a timeout on this call only.
+"""A dataset's files, fetched where the dataset code looks: ``snn-data download`` and
+``dataset.download=true`` (CIFAR10, tonic's copies) share this.
 
-torchvision's and tonic's downloaders call ``urlopen`` without a timeout, so an unreachable host
-hangs the run unless the process-wide socket default is changed, which would also change it for
-every other thread (loggers, the launcher). Fetching the archive here first, with the timeout passed
-to ``urlopen``, leaves them an archive that is already present and verified, so they never open a
-connection themselves.
+Every file of a source's table (:mod:`.sources`) goes through :func:`.transfer.fetch_file`: the
+mirrors of ``MLFSNN_DATA_MIRROR`` first, then the file's own URLs; resumable, verified, locked
+against a second process. torchvision's and tonic's own downloaders are never reached: they find
+the verified archive in place (tonic then only extracts it), so their time-out-less ``urlopen`` and
+figshare's dead ``ndownloader`` links never matter. CIFAR10's archive is extracted here, so that
+``dataset.download=false`` runs find ``cifar-10-batches-py`` too.
 """
 
 from __future__ import annotations
 
-import hashlib
-import urllib.request
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from ..errors import DataError
-from ..files import atomic_write
+from ..files import ensure_dir, fsync_dir, os_reason
+from .sources import RemoteFile, Source, find_source, mirror_urls
+from .transfer import Policy, fetch_file, locked, note
+from .verify import corrupt_name
 
-__all__ = ["TIMEOUT_S", "fetch", "md5_matches"]
+__all__ = ["CIFAR10_FOLDER", "TIMEOUT_S", "download_dataset", "download_files", "fetch", "manual_message"]
 
 TIMEOUT_S = 60.0  # per connect / read: a stalled transfer fails instead of hanging the run
-_USER_AGENT = "mlfsnn"
-_CHUNK = 1 << 20
-
-
-def md5_matches(path: Path, md5: str | None) -> bool:
-    """Whether ``path`` is a file and, when ``md5`` is given, has that checksum."""
-    if not path.is_file():
-        return False
-    if md5 is None:
-        return True
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest() == md5
+CIFAR10_FOLDER = "cifar-10-batches-py"
 
 
 def fetch(url: str, dest: Path, md5: str | None = None, timeout: float = TIMEOUT_S) -> Path:
-    """``dest``, downloaded from ``url`` unless it is already there with checksum ``md5``.
+    """``dest``, downloaded from ``url`` unless it is already there (with checksum ``md5``)."""
+    file = RemoteFile(Path(dest).name, (url,), md5)
+    return fetch_file(file, Path(dest).parent, [url], Policy(timeout_s=timeout, progress=False))[0]
 
-    Raises ``OSError`` (``urllib.error.URLError``, ``TimeoutError`` ...) when the host cannot be
-    reached or stops sending for ``timeout`` seconds, and :class:`~mlfsnn.errors.DataError` when the
-    downloaded file does not have checksum ``md5``. Nothing is left at ``dest`` on failure, and a
-    previous file there stays until the new one is complete and verified.
-    """
-    if md5_matches(dest, md5):
-        return dest
-    from tqdm import tqdm
 
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    digest = hashlib.md5()
+def download_files(
+    dataset: str,
+    files: tuple[RemoteFile, ...] | list[RemoteFile],
+    root: Path,
+    policy: Policy | None = None,
+    say: Callable[[str], None] = note,
+) -> list[tuple[Path, str]]:
+    """``(path, how)`` of every file, each verified in ``root / file.folder``; one DataError line
+    on the first that cannot be had (the ones before it stay, verified)."""
+    return [
+        fetch_file(f, root / f.folder if f.folder else root, mirror_urls(dataset, f), policy, say)
+        for f in files
+    ]
 
-    def download(out: BinaryIO) -> None:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
 
-    def verify() -> None:
-        if md5 is not None and digest.hexdigest() != md5:
-            raise DataError(f"{url}: the downloaded file does not have md5 {md5} (truncated or changed)")
+def manual_message(source: Source, root: Path) -> str:
+    """One line: where to get a source's files by hand, and where to put them."""
+    names = ", ".join(f.name for f in source.files)
+    return (
+        f"{source.dataset} source={source.name}: {source.manual}; get {names} from there and put it "
+        f"in {root}, then run snn-data prepare dataset={source.dataset}; or use the downloadable "
+        f"copy: snn-data download dataset={source.dataset} source=tonic"
+    )
 
-    # a temp file beside dest, renamed over it once verified: never written through a link planted
-    # at dest, and a failed or corrupt download leaves nothing
-    atomic_write(dest, download, before_replace=verify)
-    return dest
+
+def download_dataset(
+    dataset: str,
+    root: Path,
+    source: str | None = None,
+    policy: Policy | None = None,
+    say: Callable[[str], None] = note,
+    replace_extracted: bool = False,
+) -> list[tuple[Path, str]]:
+    """Every file of ``dataset``'s ``source`` (None: its default) under ``root``, verified, and
+    CIFAR10's archive extracted (``replace_extracted``: a folder already there is moved aside as
+    ``cifar-10-batches-py.corrupt-<time>`` and extracted again)."""
+    src = find_source(dataset, source)
+    if src.manual:
+        raise DataError(manual_message(src, root))
+    got = download_files(dataset, src.files, root, policy, say)
+    if dataset == "cifar10":
+        extract_cifar10(got[0][0], root, replace_extracted, say)
+    return got
+
+
+def extract_cifar10(
+    archive: Path, root: Path, replace: bool = False, say: Callable[[str], None] = note
+) -> bool:
+    """Extract ``cifar-10-batches-py`` from the verified ``archive`` unless it is there (``replace``:
+    move it aside first); True when it extracted. Into a temp folder, renamed when whole."""
+    folder = root / CIFAR10_FOLDER
+    with locked(archive, say):  # the archive's lock: one extraction at a time too
+        if folder.is_dir() and not replace:
+            return False
+        tmp = None
+        try:
+            if folder.exists() or folder.is_symlink():
+                aside = corrupt_name(folder, CIFAR10_FOLDER)
+                say(f"{folder} is incomplete or corrupt: moved aside as {aside.name}, extracting again")
+            tmp = Path(tempfile.mkdtemp(prefix=f".{CIFAR10_FOLDER}.", suffix=".tmp", dir=ensure_dir(root)))
+            # filter="data" (Python 3.10.12+/3.11.4+): no absolute paths, links out or devices
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            with tarfile.open(archive, "r:gz") as tf:
+                tf.extractall(tmp, **safe)
+            if not (tmp / CIFAR10_FOLDER).is_dir():
+                raise DataError(f"{archive}: no {CIFAR10_FOLDER}/ inside; not CIFAR10's python archive")
+            os.replace(tmp / CIFAR10_FOLDER, folder)
+            fsync_dir(root)
+        except (OSError, tarfile.TarError) as exc:
+            reason = os_reason(exc, folder) if isinstance(exc, OSError) else str(exc)
+            raise DataError(
+                f"cannot extract {archive.name} into {root}: {reason}; the archive stays there, verified: "
+                "fix that and run the same command again"
+            ) from None
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return True

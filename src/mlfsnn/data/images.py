@@ -6,7 +6,6 @@ Images are ``[C, H, W]`` floats; the trainer repeats them over the T time steps 
 from __future__ import annotations
 
 import os
-import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import DataError
 from . import register
-from .download import fetch
+from .download import download_dataset
 from .info import DataInfo, take_subset
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -32,19 +31,21 @@ def _cifar10_split(root: Path, train: bool, download: bool, transform: Any) -> D
         "dataset.root=<folder holding it>; to try mlfsnn offline run: snn-train +experiment=digits"
     )
     try:
-        try:
-            return CIFAR10(str(root), train=train, download=False, transform=transform)
-        except RuntimeError:
-            if not download:
-                raise
-        # torchvision's own download has no timeout; with the verified archive in place it only extracts
-        fetch(CIFAR10.url, root / CIFAR10.filename, md5=CIFAR10.tgz_md5)
-        return CIFAR10(str(root), train=train, download=True, transform=transform)
-    except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
-        raise DataError(
-            f"CIFAR10 not found at {folder} and the download failed ({exc}); {offline_hint}"
-        ) from None
+        return CIFAR10(str(root), train=train, download=False, transform=transform)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
+        if not download:
+            raise DataError(f"CIFAR10 missing or corrupt at {folder} ({exc}); {offline_hint}") from None
+    # ours, not torchvision's download (no time-out, no resume): it leaves the folder extracted
+    try:
+        download_dataset("cifar10", root, replace_extracted=folder.exists())
+    except DataError as exc:
+        raise DataError(
+            f"CIFAR10 not found at {folder} and the download failed: {exc}; to try mlfsnn offline run: "
+            "snn-train +experiment=digits"
+        ) from None
+    try:
+        return CIFAR10(str(root), train=train, download=False, transform=transform)
+    except RuntimeError as exc:
         raise DataError(f"CIFAR10 missing or corrupt at {folder} ({exc}); {offline_hint}") from None
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from ...errors import DataError
 from .. import register
+from ..sources import find_source
 from .aedat import CorruptFileError, read_aedat2_dvs128
 from .cache import entry_dir, fingerprint
 from .dataset import EventDataset, EventsJob, Job, JobResult, Plan, open_tonic, read_tonic_sample
@@ -221,15 +222,16 @@ def _tonic_set(root: Path, download: bool) -> Any:
 
     cls = tonic.datasets.CIFAR10DVS
     loc = root / "CIFAR10DVS"
+    archive = find_source("cifar10_dvs", "tonic").files[0]
     have = (loc / cls.filename).is_file() and len(list(loc.glob("*/*.aedat4"))) >= 1000
-    if not have and not download:
+    if not have and not download and not (loc / archive.name).is_file():
         raise DataError(
             f"tonic's CIFAR10DVS not found: expected {loc}/ with {cls.filename} and its "
-            f"extracted class folders of .aedat4 files; download {cls.url} there, or set "
-            "dataset.download=true"
+            f"extracted class folders of .aedat4 files; run snn-data download dataset=cifar10_dvs "
+            f"source=tonic (or download {archive.urls[0]} there), or set dataset.download=true"
         )
-    fetches = [] if have else [(cls.url, cls.filename, cls.file_md5)]
-    return open_tonic("tonic's CIFAR10DVS", loc, fetches, cls.url, lambda: cls(str(root)))
+    files = [] if have else [archive]
+    return open_tonic("tonic's CIFAR10DVS", "cifar10_dvs", root, files, download, lambda: cls(str(root)))
 
 
 def _tonic_jobs(ds: Any, cfg: Any, spec: FrameSpec, skip: bool) -> Iterator[EventsJob]:

@@ -21,8 +21,9 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ...errors import DataError
-from ..download import fetch
+from ..download import download_files
 from ..info import DataInfo, take_subset
+from ..verify import verify_existing
 from .aedat import EVENT_DTYPE, CorruptFileError, validate_events
 from .cache import CachedFrames, CacheWriter, locked_build, transform_from_cfg
 from .framing import FrameSpec, NoEventsError, frame_events, spec_from_cfg
@@ -144,18 +145,29 @@ def read_tonic_sample(ds: Any, index: int) -> np.ndarray | CorruptFileError:
 
 
 def open_tonic(
-    what: str, loc: Path, fetches: list[tuple[str, str, str]], by_hand: str, make: Callable[[], T]
+    what: str, dataset: str, root: Path, files: list[Any], download: bool, make: Callable[[], T]
 ) -> T:
-    """``make()``, a tonic dataset's constructor, once the ``(url, filename, md5)`` archives it would
-    download are in ``loc``: tonic downloads without a timeout, so an unreachable host would hang."""
+    """``make()``, a tonic dataset's constructor, once the archives ``files`` (:mod:`..sources`
+    entries: those not extracted yet) are verified under ``root``, fetched first when ``download``:
+    tonic then only extracts them. Its own download has no time-out, and figshare's ``ndownloader``
+    links it uses answer scripts with an HTML page."""
+    if download:
+        download_files(dataset, files, root)  # one DataError line of its own
+    else:
+        for f in files:
+            dest = root / f.folder / f.name
+            problem = verify_existing(f, dest) if dest.is_file() else "missing"
+            if problem is not None:  # tonic would try its own download
+                raise DataError(
+                    f"{what}: {dest}: {problem}; run snn-data download dataset={dataset} source=tonic, "
+                    "or set dataset.download=true"
+                )
     try:
-        for url, filename, md5 in fetches:
-            fetch(url, loc / filename, md5)
         return make()
-    except Exception as exc:  # whatever urllib, tarfile or zipfile raise
+    except Exception as exc:  # whatever tarfile or zipfile raise
         raise DataError(
-            f"{what}: download or extraction into {loc} failed ({type(exc).__name__}: {exc}); "
-            f"download {by_hand} into {loc} by hand"
+            f"{what}: extracting {', '.join(f.name for f in files)} under {root} failed "
+            f"({type(exc).__name__}: {exc}); extract it there by hand"
         ) from None
 
 

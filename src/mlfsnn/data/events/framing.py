@@ -8,21 +8,31 @@ Two framings:
   ``window_origin="absolute"`` (CIFAR10-DVS's release) also drops every event at or after
   ``start + T*bin_us``, the window measured from the sample's nominal start (a whole recording's:
   its timestamp 0) instead of from the first event; the bins still count from the first event.
-  tonic's ``ToFrame(time_window, start_time, end_time)`` gives exactly these bins (checked in the
-  tests) and is used, with an exactness check on its int16 accumulator.
+  These are the bins of tonic's ``ToFrame(time_window, start_time, end_time)`` (checked in the
+  tests), counted here (see "Counting").
 * ``uniform``: the whole sample in ``T`` bins, of equal duration (``time``) or equal event count
   (``number``), the remainder going to the last bin as SpikingJelly does. tonic's
   ``n_time_bins`` / ``n_event_bins`` slicers drop that remainder (including the sample's last
   event), so this is computed here.
 
-Space: with ``divisor`` null, coordinates are scaled by ``size / 128`` with tonic's ``Downsample``
-(exact: the factor is a power-of-two fraction, so ``floor(x * size / 128)``; 32 = 4x4 sum pooling).
-With ``divisor`` set, pixel ``x`` goes to ``x // divisor`` computed in float64 like the release's
-``x // 3.04``; tonic's ``Downsample(spatial_factor=1/3.04)`` differs from it (pixel 76 -> 25, not 24).
+Space: with ``divisor`` null, coordinates are scaled by ``size / 128`` as tonic's ``Downsample``
+does (exact: the factor is a power-of-two fraction, so ``floor(x * size / 128)``; 32 = 4x4 sum
+pooling). With ``divisor`` set, pixel ``x`` goes to ``x // divisor`` computed in float64 like the
+release's ``x // 3.04``; tonic's ``Downsample(spatial_factor=1/3.04)`` differs from it (pixel 76 ->
+25, not 24).
+
+Counting: the events are time-sorted, so every bin is a contiguous slice (found by binary search)
+and one ``np.bincount`` per bin counts it, through a lookup table from the raw sensor address to the
+cell (scaling and ``transpose`` folded in). The counts are those tonic's ``Downsample`` +
+``ToFrame(time_window, start_time, end_time)`` gave (this module used them before;
+tests/data/test_framing_speed.py holds the two equal), about ten times faster: ``ToFrame`` copies
+every slice and accumulates with ``np.add.at`` into int16 (which had to be checked for wrap-around),
+``Downsample`` copies the whole recording (docs/performance.md, "Event framing").
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -114,57 +124,65 @@ def _divisor_lut(divisor: float) -> np.ndarray:
     return np.floor_divide(np.arange(SENSOR, dtype=np.float64), float(divisor)).astype(np.int16)
 
 
-def _scale(events: np.ndarray, spec: FrameSpec) -> np.ndarray:
-    if spec.divisor is not None:
-        lut = _divisor_lut(spec.divisor)
-        out = events.copy()
-        out["x"], out["y"] = lut[events["x"]], lut[events["y"]]
-        return out
-    if spec.size == SENSOR:
-        return events
-    from tonic.transforms import Downsample
+@functools.lru_cache(maxsize=16)
+def _cell_lut(size: int, divisor: float | None, transpose: bool) -> np.ndarray | None:
+    """The cell of one bin's ``[2, size, size]`` (``[p, y, x]``, or ``[p, x, y]`` transposed) for
+    every raw address ``(p * 128 + y) * 128 + x``; None where the address is the cell (full size)."""
+    if size == SENSOR and divisor is None and not transpose:
+        return None
+    pixels = np.arange(SENSOR, dtype=np.intp)
+    # divisor null: floor(x * size / 128) in integers, what Downsample's float product gives exactly
+    scaled = (pixels * size) // SENSOR if divisor is None else _divisor_lut(divisor).astype(np.intp)
+    p, y, x = np.meshgrid(np.arange(2), scaled, scaled, indexing="ij")
+    rows, cols = (x, y) if transpose else (y, x)
+    lut = ((p * size + rows) * size + cols).ravel()
+    lut.flags.writeable = False  # shared by every call with these parameters
+    return lut
 
-    return Downsample(spatial_factor=spec.size / SENSOR)(events)
 
-
-def _counts(bins: np.ndarray, ev: np.ndarray, spec: FrameSpec) -> np.ndarray:
-    """Exact int64 accumulation of events into ``[T, 2, size, size]``."""
+def _count(ev: np.ndarray, bounds: list[int], spec: FrameSpec) -> np.ndarray:
+    """Exact int64 counts ``[T, 2, size, size]``; bin ``i`` holds ``ev[bounds[i]:bounds[i + 1]]``."""
     t, s = spec.time_steps, spec.size
-    flat = ((bins * 2 + ev["p"].astype(np.int64)) * s + ev["y"]) * s + ev["x"]
-    return np.bincount(flat, minlength=t * 2 * s * s).reshape(t, 2, s, s)
+    cells = 2 * s * s
+    address = ev["p"].astype(np.intp)
+    address *= SENSOR
+    address += ev["y"]
+    address *= SENSOR
+    address += ev["x"]
+    lut = _cell_lut(s, spec.divisor, spec.transpose)
+    index = address if lut is None else lut[address]
+    frames = np.empty((t, cells), dtype=np.int64)
+    for i in range(t):
+        frames[i] = np.bincount(index[bounds[i] : bounds[i + 1]], minlength=cells)
+    return frames.reshape(t, 2, s, s)
 
 
 def _paper(ev: np.ndarray, spec: FrameSpec, origin: int, end: int) -> np.ndarray:
     """The events in ``[origin, end)`` in ``T`` bins from ``origin`` (``end`` at most the last bin's end)."""
-    from tonic.transforms import ToFrame
-
-    lo, hi = np.searchsorted(ev["t"], [origin, end])
-    ev = _scale(ev[lo:hi], spec)
-    if len(ev) == 0:
+    t = ev["t"]
+    lo, hi = (int(i) for i in np.searchsorted(t, [origin, end]))
+    if hi == lo:
         raise NoEventsError(f"no events in [{origin}, {end}) us")
-    grid_end = origin + spec.time_steps * spec.bin_us
-    to_frame = ToFrame(
-        sensor_size=(spec.size, spec.size, 2), time_window=spec.bin_us, start_time=origin, end_time=grid_end
-    )
-    frames = np.asarray(to_frame(ev)).astype(np.int64)
-    # ToFrame accumulates in int16; a cell above 32767 would wrap and change the total.
-    if frames.shape != spec.shape or frames.min() < 0 or int(frames.sum()) != len(ev):
-        frames = _counts((ev["t"] - origin) // spec.bin_us, ev, spec)
-    return frames
+    inner = np.searchsorted(t[lo:hi], origin + spec.bin_us * np.arange(1, spec.time_steps))
+    return _count(ev[lo:hi], [0, *inner.tolist(), hi - lo], spec)
 
 
 def _uniform(ev: np.ndarray, spec: FrameSpec, origin: int) -> np.ndarray:
-    ev = _scale(ev[np.searchsorted(ev["t"], origin) :], spec)
+    ev = ev[np.searchsorted(ev["t"], origin) :]
     n, steps = len(ev), spec.time_steps
     if n == 0:
         raise NoEventsError(f"no events at or after {origin} us")
     if spec.uniform_split == "number":
         per_bin = max(n // steps, 1)
-        bins = np.arange(n, dtype=np.int64) // per_bin
+        inner = [min(i * per_bin, n) for i in range(1, steps)]
     else:
         width = (int(ev["t"][-1]) - origin) // steps
-        bins = (ev["t"] - origin) // width if width > 0 else np.zeros(n, np.int64)
-    return _counts(np.minimum(bins, steps - 1), ev, spec)
+        if width > 0:
+            inner = np.searchsorted(ev["t"], origin + width * np.arange(1, steps)).tolist()
+        else:  # every event at the origin: all in the first bin
+            inner = [n] * (steps - 1)
+    # the remainder (events past the last full bin) goes to the last bin, as SpikingJelly does
+    return _count(ev, [0, *inner, n], spec)
 
 
 def frame_events(events: np.ndarray, spec: FrameSpec, start: int | None = None) -> np.ndarray:
@@ -196,8 +214,6 @@ def frame_events(events: np.ndarray, spec: FrameSpec, start: int | None = None) 
         frames = _paper(events, spec, origin, end)
     else:
         frames = _uniform(events, spec, origin)
-    if spec.transpose:
-        frames = np.ascontiguousarray(frames.swapaxes(-1, -2))
     return frames
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DataError
+from ..sources import find_source
 from .dataset import EventsJob, open_tonic, read_tonic_sample
 from .framing import FrameSpec
 
@@ -25,23 +26,22 @@ def tonic_sets(root: Path, download: bool) -> tuple[Any, Any]:
 
     cls = tonic.datasets.DVSGesture
     loc = root / "DVSGesture"
-    urls = f"{cls.train_url} ({cls.train_filename}) and {cls.test_url} ({cls.test_filename})"
-    archives = [
-        (cls.train_url, cls.train_filename, cls.train_md5),
-        (cls.test_url, cls.test_filename, cls.test_md5),
-    ]
-    missing = [a for a in archives if not _tonic_extracted(loc, a[1])]
-    if missing and not download:
+    archives = find_source("dvs_gesture", "tonic").files
+    missing = [a for a in archives if not _tonic_extracted(loc, a.name)]
+    absent = [a for a in missing if not (loc / a.name).is_file()]
+    if absent and not download:
+        urls = " and ".join(f"{a.urls[0]} ({a.name})" for a in archives)
         raise DataError(
             f"tonic's DVSGesture not found: expected {loc}/ with {cls.train_filename}, "
-            f"{cls.test_filename} and their extracted folders; download {urls} there and extract "
-            "them, or set dataset.download=true"
+            f"{cls.test_filename} and their extracted folders; run snn-data download "
+            f"dataset=dvs_gesture source=tonic (or download {urls} there), or set dataset.download=true"
         )
     return open_tonic(
         "tonic's DVSGesture",
-        loc,
+        "dvs_gesture",
+        root,
         missing,
-        urls,
+        download,
         lambda: (cls(str(root), train=True), cls(str(root), train=False)),
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DataError
+from ..sources import find_source
 from . import cifar10_dvs as cd
 from . import dvs_gesture as dg
 from .aedat import CorruptFileError
@@ -28,6 +29,12 @@ def survey(cfg: Any) -> tuple[list[str], bool]:
     if str(cfg.get("source", "original")) == "tonic":
         return _cifar_tonic(root)
     return _cifar_original(root, float(cfg.get("test_fraction", 0.1)))
+
+
+def _download_line(dataset: str, source: str, what: str = "") -> str:
+    files = find_source(dataset, source).files
+    where = what or ", ".join(f"{f.urls[0]} ({f.name})" for f in files)
+    return f"download: snn-data download dataset={dataset} source={source} ({where})"
 
 
 def _gesture_inventory(
@@ -65,7 +72,7 @@ def _gesture_tonic(root: Path) -> tuple[list[str], bool]:
         f"expected: {loc}/ with {cls.train_filename}, {cls.test_filename} and their extracted "
         f"folders (userNN_<lighting>/<label>.npy): {dg.TONIC_SAMPLES['train']} / "
         f"{dg.TONIC_SAMPLES['test']} samples (tonic's split, not the paper's)",
-        f"download: {cls.train_url} ({cls.train_filename}), {cls.test_url} ({cls.test_filename})",
+        _download_line("dvs_gesture", "tonic"),
     ]
     ok = True
     for split, fname in (("train", cls.train_filename), ("test", cls.test_filename)):
@@ -131,7 +138,7 @@ def _cifar_tonic(root: Path) -> tuple[list[str], bool]:
     has_aedat = importlib.util.find_spec("aedat") is not None
     lines = [
         f"expected: {loc}/ with {cls.filename} and <class>/*.aedat4 ({cd.PER_CLASS} per class)",
-        f"download: {cls.url} ({cls.filename})",
+        _download_line("cifar10_dvs", "tonic"),
         f"found: {cls.filename} {'present' if (loc / cls.filename).is_file() else 'MISSING'}; "
         + ", ".join(f"{c} {n}" for c, n in counts.items()),
         f"aedat package: {'installed' if has_aedat else 'MISSING (pip install mlfsnn[aedat4])'}",
@@ -143,7 +150,7 @@ def _cifar_original(root: Path, test_fraction: float) -> tuple[list[str], bool]:
     lines = [
         f"expected: {root}/<class>.zip or {root}/<class>/ with {cd.PER_CLASS} AEDAT 2.0 .aedat files "
         f"for each of {', '.join(cd.CLASSES)}",
-        f"download: the ten per-class zips from {cd.URL_ORIGINAL}",
+        _download_line("cifar10_dvs", "original", f"the ten per-class zips of {cd.URL_ORIGINAL}"),
     ]
     ok = True
     for cls in cd.CLASSES:
