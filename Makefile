@@ -10,7 +10,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev,cluster,optuna]'
+	$(BIN)/python -m pip install -e '.[dev,cluster,optuna,interop]'
 	touch $(STAMP)
 
 demo: $(STAMP)

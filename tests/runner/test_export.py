@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mlfsnn import from_nir
-from mlfsnn.cli.export import main
+from mlfsnn.cli.export import main, parse
 from mlfsnn.data import DataInfo
 from mlfsnn.errors import CheckpointError, ConfigError
 from mlfsnn.runner.builders import build_model
@@ -38,7 +38,10 @@ def test_export_matches_the_trained_model(run_dir: Path, tmp_path: Path) -> None
     result = export_checkpoint(run_dir / "checkpoints" / "best.pt", [], out)
     assert result["input_shape"] == [1, 8, 8] and result["time_steps"] == 2
     assert result["max_abs_logit_diff"] < 1e-5
-    assert {"Input", "Conv2d", "LIF", "AvgPool2d", "Flatten", "Affine", "Output"} == set(result["node_types"])
+    assert {"Input", "Conv2d", "LIF", "Output"} == set(result["node_types"])  # the portable form
+    assert result["target"] == "nir" and result["form"] == "portable"
+    assert set(result["consumers"]) == {"snntorch", "norse", "nirtorch"}
+    assert result["consumers"]["snntorch"].startswith("exact")
     graph = nir.read(out)
     assert graph.metadata["time_steps"] == 2 and not list(out.parent.glob(".*.tmp"))
     state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
@@ -91,6 +94,23 @@ def test_bad_values_are_user_errors(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a directory"):
         export_checkpoint(ckpt, [], tmp_path)
     assert not (tmp_path / "m.nir").exists()
+
+
+def test_targets(run_dir: Path, tmp_path: Path) -> None:
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    spec = export_checkpoint(ckpt, [], tmp_path / "spec.nir", target="spec")
+    assert {"AvgPool2d", "Flatten", "Affine"} <= set(spec["node_types"]) and spec["max_abs_logit_diff"] < 1e-5
+    assert "batch axis" in spec["consumers"]["snntorch"]
+    norse = export_checkpoint(ckpt, [], tmp_path / "norse.nir", target="norse")
+    assert norse["dt"] == 1e-3 and nir.read(tmp_path / "norse.nir").metadata["target"] == "norse"
+    assert "depth-first" in norse["consumers"]["norse"]  # K = 3: every layer has fan-in
+    with pytest.raises(ConfigError, match=r"dt=0\.001 is invalid with target=snntorch"):
+        export_checkpoint(ckpt, [], tmp_path / "s.nir", dt=1e-3, target="snntorch")
+    with pytest.raises(ConfigError, match=r"neuron\.decay=1 cannot be exported with target=snntorch"):
+        export_checkpoint(ckpt, ["neuron.decay=1.0"], tmp_path / "s.nir", target="snntorch")
+    with pytest.raises(ConfigError, match="target='onnx' is invalid"):
+        parse([f"checkpoint={ckpt}", "target=onnx"])
+    assert not (tmp_path / "s.nir").exists()
 
 
 def test_input_shape_for_fixed_size_datasets() -> None:

@@ -24,22 +24,18 @@ from torch import Tensor, nn
 
 from .neurons import MLF
 from .nir_checks import NIRGraphError, check_dt, check_edges, check_names, uniform
+from .nir_forms import META, lif_values
 from .nir_layers import STATELESS, Elementwise, stateless
 
-__all__ = ["DEFAULT_DT", "META", "NIRGraphError", "NIRNetwork"]
+__all__ = ["CONVENTIONS", "DEFAULT_DT", "META", "NIRGraphError", "NIRNetwork"]
 
-# The step the forward-Euler mapping assumes (snnTorch's NIR exporter uses the same); any positive dt
-# gives the same dynamics, it only rescales tau and r.
+# The step the forward-Euler mapping assumes (snnTorch's NIR exporter and importer hard-code the
+# same); any positive dt gives the same dynamics, it only rescales tau and r.
 DEFAULT_DT = 1e-4
-# Keys of the metadata on each LIF node that let from_nir rebuild one MLF module per neuron layer.
-META = {
-    "group": "mlfsnn_group",
-    "level": "mlfsnn_level",
-    "levels": "mlfsnn_levels",
-    "threshold": "mlfsnn_threshold",
-    "width": "mlfsnn_width",
-    "decay": "mlfsnn_decay",
-}
+# How a producer meant the neuron parameters (see _neuron): NIR's equations, or norse 1.1's export.
+CONVENTIONS = ("nir", "norse")
+# Reset mechanisms a node's metadata may declare that MLF's hard reset to 0 is not.
+SOFT_RESETS = ("subtract", "subtraction", "membrane_subtract", "soft", "reset_subtract")
 # Node types from_nir runs, by class name (stateless first, then the two spiking neurons).
 SUPPORTED = ("Input", "Output", *STATELESS, "LIF", "IF")
 
@@ -55,34 +51,65 @@ class _Neuron:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _neuron(name: str, node: Any, dt: float) -> _Neuron:
+def _metadata(node: Any) -> dict[str, Any]:
+    metadata = node.metadata if isinstance(getattr(node, "metadata", None), dict) else {}
+    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in metadata.items()}
+
+
+def _check_reset(name: str, meta: dict[str, Any]) -> None:
+    """Refuse a node whose metadata declares a reset other than to ``v_reset`` (NIR's, and MLF's)."""
+    for key in ("reset", "reset_mechanism", "reset_method"):
+        value = meta.get(key)
+        if isinstance(value, str) and value.strip().lower() in SOFT_RESETS:
+            raise NIRGraphError(
+                f"NIR node {name!r}: {key}={value!r} is not supported: MLF neurons reset to v_reset = 0 "
+                "(a reset by subtraction keeps the overshoot, which a hard reset does not)"
+            )
+
+
+def _neuron(name: str, node: Any, dt: float, convention: str = "nir") -> _Neuron:
+    """The MLF dynamics of one LIF / IF node under ``convention``.
+
+    ``nir``: forward Euler on NIR's equations, ``decay = 1 - dt/tau``, input gain ``dt r / tau``
+    (LIF) or ``dt r`` (IF). ``norse``: norse 1.1's ``to_nir`` writes ``tau = dt / tau_mem_inv`` and
+    runs ``v += dt tau_mem_inv (I - v)`` (so ``decay = 1 - dt^2 / tau``, gain ``r dt^2 / tau``), and
+    its IF adds the input once per step (gain ``r``).
+    """
     kind = type(node).__name__
+    meta = _metadata(node)
+    _check_reset(name, meta)
     values = {f: uniform(name, f, getattr(node, f, None)) for f in ("r", "v_threshold")}
     resets = (("v_reset", getattr(node, "v_reset", None)), ("v_leak", getattr(node, "v_leak", 0.0)))
     for f, v in resets:
         if v is not None and uniform(name, f, v) != 0.0:
             raise NIRGraphError(f"NIR node {name!r}: {f} != 0 is not supported (MLF resets and leaks to 0)")
+    step = dt * dt if convention == "norse" else dt  # what multiplies 1/tau in one step
     if kind == "LIF":
         tau = uniform(name, "tau", getattr(node, "tau", None), positive=True)
-        decay, gain = 1.0 - dt / tau, dt * values["r"] / tau
+        decay, gain = 1.0 - step / tau, step * values["r"] / tau
     else:
-        decay, gain = 1.0, dt * values["r"]
+        decay, gain = 1.0, values["r"] * (1.0 if convention == "norse" else dt)
     if not 0.0 <= decay <= 1.0:
-        raise NIRGraphError(
-            f"NIR node {name!r}: decay 1 - dt/tau = {decay} is outside [0, 1]: expected tau >= dt (dt={dt})"
+        hint = (
+            "" if convention == "norse" or values["r"] != 1.0 else "; a norse export? pass convention='norse'"
         )
-    metadata = node.metadata if isinstance(getattr(node, "metadata", None), dict) else {}
-    meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in metadata.items()}
+        raise NIRGraphError(
+            f"NIR node {name!r}: decay 1 - dt/tau = {decay:.6g} is outside [0, 1]: expected tau >= dt "
+            f"(tau={tau:.6g}, dt={dt:.6g}, convention={convention!r}){hint}"
+        )
     out = _Neuron(name, decay, gain, values["v_threshold"], meta)
-    _trust_metadata(out, node, dt)
+    if convention == "nir":
+        _trust_metadata(out, node, dt)
+    else:
+        out.meta = {}
     return out
 
 
 def _trust_metadata(n: _Neuron, node: Any, dt: float) -> None:
     """Take the exact decay, gain 1 and threshold from the exporter's metadata when the arrays agree.
 
-    The arrays hold ``tau = dt / (1 - decay)``, ``r = tau / dt`` and ``threshold + k * width`` rounded
-    to their dtype; recomputing them from the metadata and comparing in that dtype is an exact test.
+    The arrays hold :func:`~mlfsnn.nn.nir_forms.lif_values` (either form) rounded to their dtype;
+    recomputing them from the metadata and comparing in that dtype is an exact test.
     """
     try:
         decay, th = float(n.meta[META["decay"]]), float(n.meta[META["threshold"]])
@@ -99,14 +126,16 @@ def _trust_metadata(n: _Neuron, node: Any, dt: float) -> None:
     def same(a: Any, v: float) -> bool:  # a stored (uniform) array against v rounded to its dtype
         return bool(np.asarray(a).flat[0] == np.asarray(v).astype(dtype))
 
-    tau = dt / (1.0 - decay) if decay < 1 else None
-    ok = same(node.v_threshold, th + level * width)
-    if type(node).__name__ == "LIF":
-        ok = ok and tau is not None and same(node.tau, tau) and same(node.r, tau / dt)
-    else:
-        ok = ok and decay == 1 and same(node.r, 1.0 / dt)
+    th_k = th + level * width
+    is_lif = type(node).__name__ == "LIF"
+    ok = 0.0 <= decay <= 1.0 and (decay < 1) == is_lif
     if ok:
-        n.decay, n.gain, n.threshold = decay, 1.0, th + level * width
+        ok = any(
+            all(same(getattr(node, f), v) for f, v in lif_values(form, decay, th_k, dt).items())
+            for form in ("portable", "spec")
+        )
+    if ok:
+        n.decay, n.gain, n.threshold = decay, 1.0, th_k
     else:
         n.meta = {}
 
@@ -162,12 +191,20 @@ class NIRNetwork(nn.Module):
     Node types: Input and Output (one each), Conv2d, Affine, Linear (2-D weights), Scale, Flatten,
     AvgPool2d, SumPool2d, Threshold, LIF and IF with uniform parameters, ``v_leak = v_reset = 0``
     and ``dt <= tau``. ``forward`` returns the Output's per-step values averaged over T;
-    :meth:`steps` returns them per step.
+    :meth:`steps` returns them per step, both shaped as the graph's ``readout_shape`` metadata says
+    where it has one (mlfsnn's portable form writes ``[classes, 1, 1]`` and says ``[classes]``).
     """
 
-    def __init__(self, graph: Any, dt: float, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, graph: Any, dt: float, dtype: torch.dtype = torch.float32, convention: str = "nir"
+    ) -> None:
         super().__init__()
+        if convention not in CONVENTIONS:
+            raise NIRGraphError(
+                f"convention={convention!r} is invalid: expected one of {', '.join(CONVENTIONS)}"
+            )
         self.dt = dt = check_dt(dt)
+        self.convention = convention
         try:
             nodes: dict[str, Any] = dict(graph.nodes)
         except (AttributeError, TypeError, ValueError):
@@ -188,6 +225,10 @@ class NIRNetwork(nn.Module):
         if len(ends["Input"]) != 1 or len(ends["Output"]) != 1:
             raise NIRGraphError(f"the NIR graph needs one Input and one Output node, got {ends}")
         self.input_shape = _input_shape(ends["Input"][0], nodes[ends["Input"][0]])
+        if convention == "norse" and len(self.input_shape) in (2, 4):
+            # norse's to_nir records its sample's shape, batch axis included ([B, F] or [B, C, H, W])
+            self.input_shape = self.input_shape[1:]
+        self.readout_shape = _readout_shape(graph, nodes[ends["Output"][0]])
         units, owner = self._build_units(nodes, inputs, outputs, dt, dtype)
         orphans = [u.name for u in units.values() if u.kind != "input" and not u.sources]
         if orphans:
@@ -204,7 +245,7 @@ class NIRNetwork(nn.Module):
         for name, node in nodes.items():
             kind = type(node).__name__
             if kind in ("LIF", "IF"):
-                neurons.append(_neuron(name, node, dt))
+                neurons.append(_neuron(name, node, dt, self.convention))
                 continue
             role = {"Input": "input", "Output": "output"}.get(kind, "stateless")
             module = stateless(name, kind, node, dtype) if role == "stateless" else None
@@ -264,7 +305,8 @@ class NIRNetwork(nn.Module):
             for s in unit.sources:  # free what no later unit reads
                 if last_use[s] == i:
                     del values[s]
-        return values[self._output]
+        out = values[self._output]
+        return out if self.readout_shape is None else out.reshape(*out.shape[:2], *self.readout_shape)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.steps(x)
@@ -283,6 +325,25 @@ def _input_shape(name: str, node: Any) -> tuple[int, ...]:
         shape = ()
     if not shape or min(shape) < 1:
         raise NIRGraphError(f"NIR Input node {name!r} has no valid shape: expected positive integers")
+    return shape
+
+
+def _readout_shape(graph: Any, output: Any) -> tuple[int, ...] | None:
+    """The graph's ``readout_shape`` metadata, when it holds positive integers with the Output's size."""
+    meta = getattr(graph, "metadata", None)
+    stored = meta.get("readout_shape") if isinstance(meta, dict) else None
+    if stored is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in np.atleast_1d(stored))
+        size = int(np.prod(np.atleast_1d(output.output_type["output"])))
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+        shape, size = (), -1
+    if not shape or min(shape) < 1 or int(np.prod(shape)) != size:
+        raise NIRGraphError(
+            f"the graph's readout_shape metadata {stored!r} is invalid: expected positive sizes whose "
+            "product is the Output node's size"
+        )
     return shape
 
 
