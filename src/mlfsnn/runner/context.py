@@ -96,13 +96,13 @@ class Context:
             pin_memory=self.pin_memory,
         )
 
-    def progress(self, loader: Iterable, desc: str) -> Iterable:
+    def progress(self, loader: Iterable, desc: str, total: int | None = None) -> Iterable:
         """A tqdm bar on rank 0 when stderr is a terminal; the plain loader otherwise."""
         if not self.cfg.trainer.progress or self.rank != 0 or not sys.stderr.isatty():
             return loader
         from tqdm import tqdm
 
-        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+        return tqdm(loader, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
 def resolve_device(name: str) -> torch.device:

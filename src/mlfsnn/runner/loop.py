@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,11 +127,40 @@ def train_one_epoch(
     found at the next flush: the weights it corrupted are never checkpointed (NonFiniteLoss).
     """
     model.train()
+    pending = _Pending()
+    # The iterator is ours, not the for loop's: its workers are shut down below, where a second
+    # Ctrl-C is held (raised inside DataLoader.__del__ it would only print "Exception ignored").
+    batches = iter(loader)
+    bar = ctx.progress(batches, f"epoch {epoch}", total=_length(loader))
+    try:
+        return _run_batches(model, bar, optimizer, scaler, ctx, epoch, step, progress, guard, pending)
+    finally:
+        with guard.protect() if guard is not None else contextlib.nullcontext():
+            del bar, batches
+
+
+def _length(loader: DataLoader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable dataset without a length
+        return None
+
+
+def _run_batches(
+    model: nn.Module,
+    bar: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    ctx: Context,
+    epoch: int,
+    step: int,
+    progress: EpochProgress,
+    guard: PreemptionGuard | None,
+    pending: _Pending,
+) -> tuple[int, bool]:
     tr = ctx.cfg.trainer
     every = sync_interval(ctx)
     start = time.perf_counter() - progress.time_s
-    pending = _Pending()
-    bar = ctx.progress(loader, f"epoch {epoch}")
     for x, y in bar:
         if tr.max_steps is not None and step >= tr.max_steps:
             break
