@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import time
@@ -74,3 +75,42 @@ def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
+
+
+def start_group(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    """``cmd`` in a process group of its own (as a terminal's job), stderr kept."""
+    return subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL to the whole group: the launcher's worker processes die with it."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def kill_when(cmd: list[str], cwd: Path, path: Path) -> None:
+    """Start ``cmd`` and SIGKILL it as soon as ``path`` exists (e.g. a point's first checkpoint)."""
+    proc, deadline = start_group(cmd, cwd), time.time() + 120
+    while not path.is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.02)
+    kill_group(proc)
+
+
+def kill_at_random_until_done(cmd: list[str], cwd: Path, seed: int, tries: int = 8) -> int:
+    """Run ``cmd`` again and again, SIGKILLed after a seeded random 2-6 s, until a run ends by itself
+    (the last try is never killed); it must succeed. Returns the number of kills."""
+    rng, kills = random.Random(seed), 0
+    for attempt in range(tries + 1):
+        proc = start_group(cmd, cwd)
+        try:
+            proc.wait(timeout=rng.uniform(2.0, 6.0) if attempt < tries else 300)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            kills += 1
+            continue
+        assert proc.returncode == 0, proc.stderr.read()[-3000:]
+        return kills
+    raise AssertionError(f"killed {kills} times and never finished")

@@ -21,7 +21,7 @@ from mlfsnn.runner.preflight import Preflight
 from mlfsnn.runner.schema import check_overrides
 from mlfsnn.runner.search_space import check_objective, search_space_jobs
 
-pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")  # the [optuna] extra
+pytest.importorskip("optuna")  # the [optuna] extra
 
 BIN = Path(sys.executable).parent
 # The preset on a net and data small enough for a trial of about a second.
@@ -90,17 +90,6 @@ def test_preflight_refuses_a_search_that_cannot_run(
 
 def test_preflight_composes_a_preset_choice_in_the_search_space(tmp_path: Path) -> None:
     _preflight(tmp_path, [], ("+variant=choice(mlf_ds, lif_plain)",))
-
-
-def test_preflight_refuses_a_trial_directory_that_holds_a_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    _preflight(tmp_path, ["hydra.sweeper.n_trials=3"])  # nothing there yet: passes
-    (tmp_path / "2").mkdir()
-    (tmp_path / "2" / "summary.json").write_text("{}")
-    with pytest.raises(SystemExit):
-        _preflight(tmp_path, ["hydra.sweeper.n_trials=3"])
-    assert "trial 2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

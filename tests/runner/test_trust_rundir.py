@@ -273,14 +273,18 @@ def test_wall_time_counts_every_process_of_a_resumed_run(
     assert resumed["wall_time_s"] >= first["wall_time_s"]
 
 
-def test_a_refused_optuna_rerun_leaves_trial_zero_as_it_was(tmp_path: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+def test_an_optuna_rerun_with_another_seed_leaves_trial_zero_as_it_was(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
     tiny = ["+experiment=optuna_digits", *[o for o in ONE if not o.startswith("+experiment")]]
     cmd = [str(BIN / "snn-train"), "-m", *tiny, "hydra.sweeper.n_trials=1", "hydra.sweep.dir=s"]
     first = _cli(cmd, tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     before = _tree(tmp_path / "s" / "0")
-    # another sampler seed proposes other hyperparameters for trial 0: not the same trajectory
+    # the study is stored: another sampler seed continues it; the finished trial is not run again
     proc = _cli([*cmd, "hydra.sweeper.sampler.seed=7", "trainer.resume=auto"], tmp_path)
-    one_line_error(proc, "cannot resume")
+    assert proc.returncode == 0 and "1 of 1 trials done" in proc.stderr, proc.stderr[-2000:]
+    assert _tree(tmp_path / "s" / "0") == before
+    # without its study the directory's run is not this search's: refused, nothing touched
+    (tmp_path / "s" / "optuna.db").unlink()
+    one_line_error(_cli(cmd, tmp_path), "does not know")
     assert _tree(tmp_path / "s" / "0") == before

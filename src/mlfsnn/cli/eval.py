@@ -57,12 +57,29 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: result[k] for k in keys}, indent=2), flush=True)
     if "spikes" in result:
         result["plots"] = [str(p) for p in user_errors_exit(lambda: draw_spikes(result))]
+        if result.get("tensorboard_run"):  # the run logs to TensorBoard: the plots as images there
+            user_errors_exit(lambda: plots_to_tensorboard(result))
     from ..runner.evaluate import write_result
 
     out = user_errors_exit(lambda: write_result(result))
     for path in [*result.get("plots", []), out]:
         print(f"wrote {path}")
     return 0
+
+
+def plots_to_tensorboard(result: dict) -> Path:
+    """Add ``result["plots"]`` to the run's TensorBoard files as images ``<eval stem>/<plot>``
+    (``eval/spike_raster``, ``eval/firing_rate_per_step``) at the checkpoint's epoch."""
+    from ..runner.tensorboard import add_png_images
+
+    stem = Path(result["eval_json"]).stem
+    images = {f"{stem}/{Path(p).stem.removeprefix(stem + '_')}": Path(p) for p in result["plots"]}
+    try:
+        folder = add_png_images(Path(result["tensorboard_run"]), images, int(result.get("epoch") or 0))
+    except OSError as exc:
+        raise ConfigError(f"plots=true: cannot add the plots to TensorBoard: {exc.strerror or exc}") from None
+    print(f"added {len(images)} image(s) to {folder}")
+    return folder
 
 
 def draw_spikes(result: dict) -> list[Path]:

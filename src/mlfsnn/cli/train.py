@@ -20,9 +20,10 @@ from omegaconf import DictConfig
 from ..errors import UserError, exit_with
 from ..runner.preflight import created_run_dir, register_resolvers
 from ..runner.rank import env_rank, env_world_size
-from ..runner.rundir import remove_created, remove_unstarted
-from ..runner.schema import check_overrides
+from ..runner.rundir import RUN_FILES, remove_created, remove_unstarted
+from ..runner.schema import check_overrides, debug_last
 from ._common import fail, one_line, user_errors_exit
+from .console import print_config_tree, summary_line, wants_tree
 
 # torch (runner.trainer, runner.distributed, runner.outputs) is imported in the functions that train:
 # `snn-train --help` answers without it, and mlfsnn.cli sets OpenMP's defaults before it loads.
@@ -67,6 +68,8 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     rank0 = env_rank() == 0
     if rank0:
         print(f"run directory: {run_dir}", file=sys.stderr)
+        if wants_tree(cfg):  # print_config: auto (a terminal), true, false
+            print_config_tree(cfg, HydraConfig.get().runtime.choices)
     try:
         summary = _train(cfg, run_dir)
     except UserError as exc:
@@ -94,15 +97,17 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
         if by == "SIGINT":
             raise SystemExit(code)  # 130, as a shell expects after Ctrl-C (SIGTERM keeps 0 for requeues)
     elif rank0:
-        print(f"run directory: {run_dir}", file=sys.stderr)
+        print(summary_line(run_dir, summary, RUN_FILES), file=sys.stderr)
     return objective(summary)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """:func:`mlfsnn.runner.trainer.train`, imported when a run starts (it loads torch)."""
+    """:func:`mlfsnn.runner.trainer.train`, imported when a run starts (it loads torch); a trial of
+    ``hydra/sweeper=optuna`` reports to its study (runner/trial.py)."""
     from ..runner.trainer import train as run
+    from ..runner.trial import trial_reporter
 
-    return run(cfg, run_dir)
+    return run(cfg, run_dir, trial_reporter(cfg))
 
 
 def objective(summary: dict[str, Any]) -> float | None:
@@ -183,7 +188,8 @@ def fast_help() -> str:
         "",
         (__doc__ or "").strip().split("\n\n", 1)[1],
         "",
-        "Configuration groups (group=option; the presets are added with +experiment= / +variant=):",
+        "Configuration groups (group=option; logger=[a,b] takes several; the presets are added with "
+        "+experiment= / +variant=, and debug=NAME applies after them):",
     ]
     for group in sorted((*GROUPS, *PRESETS)):
         folder = root / group
@@ -209,7 +215,7 @@ def main() -> None:
     """Console entry point ``snn-train`` (also ``python -m mlfsnn.train``)."""
     import hydra
 
-    args = sys.argv[1:]
+    args = debug_last(sys.argv[1:])  # debug=NAME as +debug=NAME, last: it overrides +experiment's keys
     if any(a in ("-h", "--help") for a in args):
         print(fast_help())  # Hydra's own --help composes the whole config first: seconds
         return
@@ -217,6 +223,7 @@ def main() -> None:
     if overrides is not None:
         user_errors_exit(lambda: check_overrides(overrides))  # before Hydra: a typo is one line, exit 2
     register_resolvers()
+    _register_sweeper()
     sys.argv = [sys.argv[0], *rank_overrides(args)]
     try:
         hydra.main(config_path="pkg://mlfsnn.configs", config_name="train", version_base="1.3")(
@@ -224,6 +231,19 @@ def main() -> None:
         )()
     except KeyboardInterrupt:
         _interrupted()
+
+
+def _register_sweeper() -> None:
+    """Make ``hydra/sweeper=optuna`` (hydra_plugins.mlfsnn_sweeper) known to Hydra.
+
+    Hydra finds plugins by scanning the ``hydra_plugins`` namespace package, which an editable
+    install does not expose to that scan; registering the class works for every kind of install.
+    """
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.mlfsnn_sweeper import OptunaSweeper
+
+    Plugins.instance().register(OptunaSweeper)
 
 
 def _interrupted() -> None:

@@ -1,8 +1,9 @@
 """The best trial of Optuna sweeps (``+experiment=optuna_digits``), for snn-report.
 
-hydra-optuna-sweeper writes ``optimization_results.yaml`` into the sweep directory when the search
-ends: ``best_params`` (search-space key -> value) and ``best_value`` (the objective: the trial's best
-validation accuracy), or ``solutions`` for a multi-objective search. Each trial is an ordinary run
+The sweeper (mlfsnn's own, and hydra-optuna-sweeper before it) writes ``optimization_results.yaml``
+into the sweep directory when a session of the search ends: ``best_params`` (search-space key ->
+value) and ``best_value`` (the objective: the trial's best validation accuracy), or ``solutions``
+for a multi-objective search. Each trial is an ordinary run
 directory below it, so the runs are tabulated like any multirun; this module finds the files, names
 the run whose configuration matches the best parameters, and renders a section of report.md, the
 rows of best_trial.csv and the lines snn-report prints.
@@ -90,9 +91,15 @@ def _read(path: Path, label: str, runs: list[Run]) -> list[BestTrial]:
     if isinstance(data.get("solutions"), list):  # multi-objective: the Pareto front
         found = [s for s in data["solutions"] if isinstance(s, dict)]
         solutions = [(dict(s.get("params") or {}), s.get("values")) for s in found]
+    elif data.get("best_params") is None and "counts" in data:  # mlfsnn's sweeper, nothing complete yet
+        return [BestTrial(label, {}, None, problems=["no completed trial yet"])]
     else:
         solutions = [(dict(data.get("best_params") or {}), data.get("best_value"))]
-    return [BestTrial(label, p, v, _matching_run(sweep, p, runs)) for p, v in solutions]
+    job = data.get("best_job_dir")  # mlfsnn's sweeper names the best trial's directory
+    named = [r.label for r in runs if job is not None and r.path.resolve() == sweep / str(job)]
+    return [
+        BestTrial(label, p, v, named[0] if named else _matching_run(sweep, p, runs)) for p, v in solutions
+    ]
 
 
 def find_best_trials(dirs: list[Path], runs: list[Run]) -> list[BestTrial]:

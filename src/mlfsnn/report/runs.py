@@ -55,6 +55,10 @@ IGNORED = (
     "logger",
     "hydra",
     "name",
+    "tags",
+    "print_config",
+    "trainer.detect_anomaly",
+    "trainer.profile_steps",
 )
 _MISSING = object()
 

@@ -86,10 +86,19 @@ def _has_energy(rows: list[Row]) -> bool:
     return any(row.mean_of("energy_ratio") is not None for row in rows)
 
 
+def _failed(row: Row) -> int:
+    """Runs that ended without a result of their own (a pruned Optuna trial did not fail)."""
+    return sum(r.complete and r.status not in ("ok", "pruned") for r in row.runs)
+
+
+def _pruned(row: Row) -> int:
+    return sum(r.complete and r.status == "pruned" for r in row.runs)
+
+
 def _count(row: Row) -> str:
     incomplete = sum(not r.complete for r in row.runs)
-    failed = sum(r.complete and r.status != "ok" for r in row.runs)
-    notes = [f"{k} {what}" for k, what in ((incomplete, "incomplete"), (failed, "failed")) if k]
+    counts = ((incomplete, "incomplete"), (_failed(row), "failed"), (_pruned(row), "pruned"))
+    notes = [f"{k} {what}" for k, what in counts if k]
     return f"{len(row.runs)} ({', '.join(notes)})" if notes else str(len(row.runs))
 
 
@@ -157,6 +166,7 @@ def markdown_table(rows: list[Row], keys: list[str]) -> str:
 def csv_rows(rows: list[Row], keys: list[str]) -> list[list[str]]:
     """report.csv, header first: one column per statistic so that a spreadsheet needs no parsing."""
     header = ["row", *(_HEADER.get(k, k) for k in keys), "params", "n_runs", "n_incomplete", "n_failed"]
+    header.append("n_pruned")
     stats = _TEST_COLUMNS + (_VAL_COLUMNS if any_val(rows) else ())
     for _, _, stem in stats:
         header += [f"{stem}_mean", f"{stem}_std", f"{stem}_n"]
@@ -175,7 +185,7 @@ def csv_rows(rows: list[Row], keys: list[str]) -> list[list[str]]:
         line = [str(row.number), *(format_value(row.values[k]) for k in keys)]
         line += [_num(params[0]) if len(params) == 1 else " ".join(map(str, params)), str(len(row.runs))]
         line += [str(sum(not r.complete for r in row.runs))]
-        line += [str(sum(r.complete and r.status != "ok" for r in row.runs))]
+        line += [str(_failed(row)), str(_pruned(row))]
         for attr, _, _ in stats:
             line += [_num(x) for x in row.stat(attr)]
         line += [_num(row.mean_of("sops_per_sample")), _num(row.mean_of("ann_macs_per_sample"))]

@@ -20,7 +20,7 @@ from ..nn._args import ArgError
 from ..nn.neurons import check_neuron_args
 from ..nn.resnet import check_model_args
 from .builders import OPTIMIZERS, SCHEDULERS
-from .schema import check_keys
+from .schema import LOGGERS, check_keys, known_keys, unknown_key_message
 
 __all__ = ["ConfigError", "check_memory", "validate"]
 
@@ -103,10 +103,7 @@ def _validate(cfg: DictConfig) -> None:
     for key in ("energy.e_ac_pj", "energy.e_mac_pj"):  # absent from configs stored before them
         if OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
             _number(cfg, key, 0, strict_low=True)
-    if _get(cfg, "logger.wandb.enabled"):
-        mode = _get(cfg, "logger.wandb.mode")
-        if mode not in (None, "online", "offline", "disabled"):
-            _fail("logger.wandb.mode", mode, "expected online, offline or disabled (or set WANDB_MODE)")
+    _logging(cfg)
     if _get(cfg, "dataset.subset") is not None:
         _int(cfg, "dataset.subset", 1)
     if OmegaConf.select(cfg, "dataset.val_fraction", default=None) is not None:
@@ -115,6 +112,50 @@ def _validate(cfg: DictConfig) -> None:
         if fraction and OmegaConf.select(cfg, "dataset.val_seed", default=0) is not None:
             _int(cfg, "dataset.val_seed", 0)
     check_dataset_config(cfg.dataset)
+
+
+_ABSENT = "__absent__"  # keys newer than a config stored in an old checkpoint are skipped
+
+
+def _present(cfg: DictConfig, key: str) -> bool:
+    value = OmegaConf.select(cfg, key, default=_ABSENT)
+    return not (isinstance(value, str) and value == _ABSENT)
+
+
+def _logging(cfg: DictConfig) -> None:
+    """The loggers (configs/logger/), ``tags`` and ``print_config``."""
+    for name in LOGGERS:
+        if _present(cfg, f"logger.{name}") and not isinstance(_get(cfg, f"logger.{name}.enabled"), bool):
+            _fail(f"logger.{name}.enabled", _get(cfg, f"logger.{name}.enabled"), "expected true or false")
+    if _present(cfg, "logger.wandb") and _get(cfg, "logger.wandb.enabled"):
+        mode = _get(cfg, "logger.wandb.mode")
+        if mode not in (None, "online", "offline", "disabled"):
+            _fail("logger.wandb.mode", mode, "expected online, offline or disabled (or set WANDB_MODE)")
+    if _present(cfg, "logger.tensorboard.hparams"):
+        keys = _plain(_get(cfg, "logger.tensorboard.hparams"))
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            _fail("logger.tensorboard.hparams", keys, "expected a list of config keys such as [model.depth]")
+        for key in keys:
+            if key not in known_keys():
+                raise ConfigError(f"logger.tensorboard.hparams: {unknown_key_message(key)}")
+    if _present(cfg, "tags"):
+        tags = _plain(_get(cfg, "tags"))
+        scalar = (str, int, float)
+        if not isinstance(tags, list) or not all(isinstance(t, scalar) and str(t).strip() for t in tags):
+            _fail("tags", tags, "expected a list of labels such as [baseline,v2]")
+    if _present(cfg, "print_config") and _get(cfg, "print_config") not in ("auto", True, False):
+        _fail("print_config", _get(cfg, "print_config"), "expected auto, true or false")
+
+
+def _debugging(cfg: DictConfig) -> None:
+    """The ``trainer.*`` debugging switches (configs/debug/ presets set them)."""
+    for key in ("detect_anomaly", "fast_dev_run"):
+        if _present(cfg, f"trainer.{key}") and not isinstance(_get(cfg, f"trainer.{key}"), bool):
+            _fail(f"trainer.{key}", _get(cfg, f"trainer.{key}"), "expected true or false")
+    if _present(cfg, "trainer.stop_at_train_acc"):
+        _number(cfg, "trainer.stop_at_train_acc", 0, 100, strict_low=True, optional=True)
+    if _present(cfg, "trainer.profile_steps"):
+        _int(cfg, "trainer.profile_steps", 1, optional=True)
 
 
 def _plain(value: Any) -> Any:
@@ -183,6 +224,7 @@ def _trainer(cfg: DictConfig) -> None:
     every = _get(cfg, "trainer.sync_every")
     if every != "auto" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         _fail("trainer.sync_every", every, "expected auto or an integer >= 1")
+    _debugging(cfg)
 
 
 def _available_bytes(device: str) -> tuple[int, str] | None:

@@ -22,6 +22,7 @@ from .builders import build_model
 from .checkpoint import load_checkpoint, load_weights
 from .config import check_memory, validate
 from .context import Context
+from .loggers import chosen_loggers
 from .loop import evaluate
 from .outputs import environment, log_eval_run, write_json
 from .schema import check_nesting, known_keys, unknown_key_message
@@ -123,6 +124,8 @@ def run_eval(
         result["wandb_run_id"] = wandb_id  # a new run in the training run's group (see log_eval_run)
     if recorder is not None:
         result["spikes"] = spike_record(recorder, test_set)
+        if "tensorboard" in chosen_loggers(cfg):  # the plots join the run's TensorBoard files
+            result["tensorboard_run"] = str(out.parent)
     if write:
         write_result(result)
     return result
@@ -143,6 +146,9 @@ def spike_record(recorder: SpikeRecorder, test_set: Any) -> dict[str, Any]:
     }
 
 
+_NOT_WRITTEN = ("eval_json", "spikes", "tensorboard_run")  # what the caller needs, not eval.json
+
+
 def write_result(result: dict[str, Any]) -> Path:
     """Write ``result`` to its ``eval_json`` path (atomically)."""
     out = Path(result["eval_json"])
@@ -151,7 +157,7 @@ def write_result(result: dict[str, Any]) -> Path:
     except OSError as exc:
         raise ConfigError(f"out={out} cannot be written: {exc.strerror}") from None
     try:
-        write_json(out, {k: v for k, v in result.items() if k not in ("eval_json", "spikes")})
+        write_json(out, {k: v for k, v in result.items() if k not in _NOT_WRITTEN})
     except OSError as exc:
         raise ConfigError(f"out={out} cannot be written: {exc.strerror or exc}") from None
     return out

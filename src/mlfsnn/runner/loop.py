@@ -25,7 +25,14 @@ from .context import Context
 from .distributed import all_reduce_sum
 from .preemption import PreemptionGuard
 
-__all__ = ["EpochProgress", "NonFiniteLoss", "epoch_metrics", "evaluate", "train_one_epoch"]
+__all__ = [
+    "EpochProgress",
+    "NonFiniteLoss",
+    "epoch_metrics",
+    "evaluate",
+    "release_workers",
+    "train_one_epoch",
+]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -137,6 +144,16 @@ def train_one_epoch(
     finally:
         with guard.protect() if guard is not None else contextlib.nullcontext():
             del bar, batches
+
+
+def release_workers(loader: DataLoader | None, guard: PreemptionGuard | None) -> None:
+    """Shut down a loader's persistent workers now, where a second Ctrl-C is held: left to garbage
+    collection after the run, a Ctrl-C during their shutdown would print a traceback from
+    ``DataLoader.__del__`` (``_iterator`` is where DataLoader keeps them)."""
+    if loader is None or getattr(loader, "_iterator", None) is None:
+        return
+    with guard.protect() if guard is not None else contextlib.nullcontext():
+        loader._iterator = None  # the last reference: the workers are joined here
 
 
 def _length(loader: DataLoader) -> int | None:

@@ -231,7 +231,7 @@ def wandb_defaults(run_dir: Path) -> dict[str, Any]:
 
     The runs of one multirun share a group, the sweep directory (``hydra.sweep.dir``); a single run
     is a group of its own, named by its run directory, so that its snn-eval runs join it. Tags name
-    the ``+experiment`` and ``+variant`` presets chosen (``experiment=digits``).
+    the ``+experiment``, ``+variant`` and ``debug`` presets chosen (``experiment=digits``).
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -241,7 +241,7 @@ def wandb_defaults(run_dir: Path) -> dict[str, Any]:
     hc = HydraConfig.get()
     group = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir
     choices = hc.runtime.choices
-    tags = [f"{key}={choices[key]}" for key in ("experiment", "variant") if choices.get(key)]
+    tags = [f"{key}={choices[key]}" for key in ("experiment", "variant", "debug") if choices.get(key)]
     return {"group": str(group), "tags": tags}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -33,31 +34,48 @@ class PreemptionGuard:
         self._chain_to: dict[int, Any] = {}  # kept after exit: chain() runs once our handler is gone
         self._protected = False
         self._interrupt_pending = False
+        self._pid = os.getpid()
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            return  # a DataLoader worker forked before its init set SIGINT aside: the main process acts
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            if self._protected:
-                self._interrupt_pending = True  # raised when the write in progress is complete
-                return
-            raise Interrupted
-        if signum == signal.SIGINT:
+            # Pending too when raised: an exception raised where Python swallows it (an at-fork hook,
+            # a __del__) must still stop the run, at the next checkpoint write at the latest.
+            self._interrupt_pending = True
+            if not self._protected:  # else raised when the write in progress is complete
+                raise Interrupted
+            return
+        first = self.signum is None
+        self.signum = self.signum or signum  # before the write: a second signal may run its handler
+        if signum == signal.SIGINT and first:  # as soon as the write returns
             # os.write, not print: a handler that prints while tqdm is printing would fail (reentrant)
             os.write(2, b"\nCtrl-C: stopping after this step with a checkpoint; Ctrl-C again stops at once\n")
-        self.signum = self.signum or signum
 
     def __enter__(self) -> PreemptionGuard:
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():  # signals can only be set there
             for s in self.signals:
                 self._previous[s] = signal.signal(s, self._handle)
+            self._unraisable = sys.unraisablehook
+            sys.unraisablehook = self._quiet_interrupt
         return self
+
+    def _quiet_interrupt(self, unraisable: Any) -> None:
+        """A second Ctrl-C that lands where Python cannot raise it (a ``__del__``, an at-fork hook)
+        is not an error to print: it is pending, and raised at the next checkpoint write."""
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self._unraisable(unraisable)
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        if self._previous:
+            sys.unraisablehook = self._unraisable
         self._chain_to = dict(self._previous)
         self._previous.clear()
 

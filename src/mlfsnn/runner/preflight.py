@@ -103,11 +103,10 @@ class Preflight:
                     check_objective(config, job)
             except UserError as exc:
                 exit_with(f"{where}: {one_line(exc)}; nothing was run")
-        # Optuna's trials are numbered 0..n_trials-1 as they start; each basic sweep point has its own.
-        trials = range(int(config.hydra.sweeper.n_trials)) if optuna else ()
-        numbered = [(f"trial {n}", jobs[0][1]) for n in trials] if optuna else jobs
+        # Optuna's trials get their directories as they start: the sweeper checks them against its
+        # stored study (runner/sweeper.py); each basic sweep point has its own, checked here.
         try:
-            check_sweep_dirs(config, numbered, resumed_configs=not optuna)
+            check_sweep_dirs(config, [] if optuna else jobs)
         except UserError as exc:
             exit_with(one_line(exc))
 
@@ -156,21 +155,18 @@ def _sweep_jobs(config: DictConfig) -> list[tuple[str, DictConfig]]:
     ]
 
 
-def check_sweep_dirs(
-    config: DictConfig, numbered: list[tuple[str, DictConfig]], resumed_configs: bool = True
-) -> None:
+def check_sweep_dirs(config: DictConfig, numbered: list[tuple[str, DictConfig]]) -> None:
     """Every job directory of a sweep, checked (and overwritten runs moved aside) before the first job.
 
     One directory per job (``hydra.sweep.subdir`` must tell them apart), no links where Hydra or
     mlfsnn write, no directory another process holds (each is locked before anything in it is
     moved, then released for its job), and for ``trainer.resume`` the point's own checkpoint must
-    continue the same trajectory (``resumed_configs``: an Optuna trial's config is only known when
-    it starts; its job checks itself before it writes anything).
+    continue the same trajectory.
     """
     sweep_dir = Path(str(config.hydra.sweep.dir))
     check_path_length(sweep_dir, "hydra.sweep.dir")
     try:
-        refuse_links(sweep_dir, ("multirun.yaml", "optimization_results.yaml"))
+        refuse_links(sweep_dir, ("multirun.yaml", "optimization_results.yaml", "optuna.db", ".optuna.lock"))
     except OSError as exc:
         raise ConfigError(f"hydra.sweep.dir={sweep_dir} cannot be used: {exc}") from None
     points: list[tuple[str, DictConfig, Path]] = []
@@ -193,7 +189,7 @@ def check_sweep_dirs(
     try:
         for where, job, job_dir in points:
             if job_dir.is_dir():
-                _check_point(where, job, job_dir, held, resumed_configs)
+                _check_point(where, job, job_dir, held)
         for _, job, job_dir in points:  # every directory checked and held: only now move anything
             tr = job.trainer
             if job_dir in held and run_files(job_dir) and tr.overwrite and not tr.resume:
@@ -203,7 +199,7 @@ def check_sweep_dirs(
             release_run_dir(job_dir)
 
 
-def _check_point(where: str, job: DictConfig, job_dir: Path, held: list[Path], resumed_configs: bool) -> None:
+def _check_point(where: str, job: DictConfig, job_dir: Path, held: list[Path]) -> None:
     try:
         lock_run_dir(job_dir, f"{where}: {job_dir}")
         held.append(job_dir)
@@ -216,7 +212,7 @@ def _check_point(where: str, job: DictConfig, job_dir: Path, held: list[Path], r
             f"{where}: {job_dir} already holds a run ({', '.join(found[:2])}); add "
             "trainer.resume=auto to continue the sweep, or trainer.overwrite=true to start over"
         )
-    if found and tr.resume and resumed_configs:
+    if found and tr.resume:
         from .resume import check_resumable
 
         try:

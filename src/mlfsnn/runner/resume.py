@@ -30,6 +30,8 @@ __all__ = [
 # Keys that change how a run is executed, logged or where it finds its data, never what it computes.
 FREE_KEYS = (
     "name",
+    "tags",
+    "print_config",
     "energy",  # read by evaluation only, after the fact
     "logger",
     "paths",
@@ -54,6 +56,10 @@ FREE_KEYS = (
     "trainer.channels_last",
     "trainer.dist_timeout_s",
     "trainer.sync_every",
+    "trainer.detect_anomaly",
+    "trainer.fast_dev_run",
+    "trainer.stop_at_train_acc",
+    "trainer.profile_steps",
 )
 
 

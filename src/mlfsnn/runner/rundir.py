@@ -42,8 +42,20 @@ __all__ = [
 ]
 
 LOCK_NAME = ".mlfsnn.lock"
-# What a run leaves in its directory; Hydra's .hydra/ and the log are moved along on overwrite.
-RUN_FILES = ("metrics.jsonl", "summary.json", "eval.json", "checkpoints", "wandb", ".hydra", "train.log")
+# What a run leaves in its directory; Hydra's .hydra/ and the log are moved along on overwrite. The
+# loggers' folders (runner/loggers.py) and debug=profile's (runner/debug.py) are among them.
+RUN_FILES = (
+    "metrics.jsonl",
+    "summary.json",
+    "eval.json",
+    "checkpoints",
+    "wandb",
+    "tensorboard",
+    "csv",
+    "profile",
+    ".hydra",
+    "train.log",
+)
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 _CHECKPOINTS = ("last.pt", "last.prev.pt", "best.pt")
 _HELD: dict[Path, int] = {}

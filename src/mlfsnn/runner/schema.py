@@ -23,16 +23,19 @@ __all__ = [
     "check_keys",
     "check_nesting",
     "check_overrides",
+    "debug_last",
     "group_options",
     "known_keys",
     "unknown_key_message",
 ]
 
-# Config groups whose options select a sub-config (``dataset=digits``); ``experiment`` and ``variant``
-# are ``@package _global_`` presets that only set keys of the others.
+# Config groups whose options select a sub-config (``dataset=digits``); ``experiment``, ``variant``
+# and ``debug`` are ``@package _global_`` presets that only set keys of the others. ``logger`` takes
+# a list of options too (``logger=[tensorboard,wandb]``).
 GROUPS = ("dataset", "model", "neuron", "optimizer", "scheduler", "trainer", "logger", "paths")
-PRESETS = ("experiment", "variant")
+PRESETS = ("experiment", "variant", "debug")
 TOP_LEVEL = ("time_steps", "name")
+LOGGERS = ("csv", "tensorboard", "wandb")  # the logger options that each add a logger.<name> node
 
 
 def _configs() -> Any:
@@ -67,7 +70,9 @@ def known_keys() -> frozenset[str]:
     for group in GROUPS:
         for option in group_options(group):
             text = _configs().joinpath(group, f"{option}.yaml").read_text()
-            keys |= _flat(yaml.safe_load(text) or {}, group)
+            data = yaml.safe_load(text) or {}
+            if data:  # an empty option (logger/none.yaml) adds no key, and must not make one of its group
+                keys |= _flat(data, group)
     return frozenset(keys)
 
 
@@ -100,6 +105,84 @@ def check_keys(cfg: DictConfig) -> None:
     for key in sorted(_flat(container, "")):
         if key not in keys and key not in prefixes and not any(key.startswith(k + ".") for k in keys):
             raise ConfigError(unknown_key_message(key))
+
+
+def debug_last(args: list[str]) -> list[str]:
+    """``args`` with a ``debug=NAME`` (or ``+debug=NAME``) preset moved to the end as ``+debug=NAME``.
+
+    Hydra applies appended presets in command-line order, so a debug preset placed last overrides
+    what any ``+experiment`` / ``+variant`` sets (``trainer.epochs``), while ``key=value`` overrides
+    still override the preset. ``debug=`` needs no ``+``: there is no debug entry to replace.
+    """
+    debug = [a for a in args if a.lstrip("+").startswith("debug=")]
+    rest = [a for a in args if a not in debug]
+    return rest + ["+" + a.lstrip("+") for a in debug]
+
+
+def _choices(override: Any) -> list[str]:
+    """The option names an override of a group selects, list values (``logger=[a,b]``) and sweeps
+    of them (``logger=[a],[a,b]``) included."""
+    values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+    out: list[str] = []
+    for value in values:
+        out += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return out
+
+
+def _loggers_of(option: str, seen: frozenset[str] = frozenset()) -> set[str]:
+    """The loggers a ``logger`` option adds (``default`` -> wandb, ``all`` -> all three)."""
+    if option in LOGGERS:
+        return {option}
+    path = _configs().joinpath("logger", f"{option}.yaml")
+    if option in seen or not path.is_file():
+        return set()
+    defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+    names = [d for d in defaults if isinstance(d, str) and d != "_self_"]
+    return set().union(*(_loggers_of(n, seen | {option}) for n in names))
+
+
+def _check_logger_keys(overrides: list[Any]) -> None:
+    """``logger.<name>.*`` overrides must name a logger the run has (Hydra's own refusal spans lines).
+
+    The chosen loggers: a ``logger=`` override, else an ``override /logger`` of a chosen preset,
+    else configs/logger/default.yaml's (wandb).
+    """
+    chosen: list[str] | None = None
+    shown = "default, wandb"
+    for o in overrides:
+        if o.key_or_group == "logger":
+            if o.is_sweep_override():
+                return  # each point of the sweep has its own loggers; Hydra checks them
+            chosen, shown = _choices(o), o.get_value_element_as_str()
+        elif o.key_or_group in PRESETS and chosen is None and not o.is_sweep_override():
+            chosen = _preset_loggers(o.key_or_group, str(o.value()))
+            shown = f"{'[' + ','.join(chosen) + ']' if chosen else ''} of +{o.key_or_group}={o.value()}"
+    names = set().union(*(_loggers_of(c) for c in chosen)) if chosen is not None else _loggers_of("default")
+    for o in overrides:
+        parts = o.key_or_group.split(".")
+        if parts[0] == "logger" and len(parts) > 2 and parts[1] in LOGGERS and parts[1] not in names:
+            raw = o.input_line or o.key_or_group
+            add = ",".join(sorted(names | {parts[1]}))
+            raise ConfigError(
+                f"{raw}: {parts[1]} is not among the loggers of this run (logger={shown}); choose it "
+                f"with logger=[{add}], or leave the override out"
+            )
+
+
+def _preset_loggers(group: str, option: str) -> list[str] | None:
+    """The loggers a preset chooses with ``override /logger: ...`` in its defaults (else ``None``)."""
+    path = _configs().joinpath(group, f"{option}.yaml")
+    if not path.is_file():
+        return None
+    for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults") or []:
+        if isinstance(entry, dict) and "override /logger" in entry:
+            value = entry["override /logger"]
+            return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        if isinstance(entry, str) and entry != "_self_":
+            found = _preset_loggers(group, entry)
+            if found is not None:
+                return found
+    return None
 
 
 def _check_group(group: str, values: list[str], raw: str) -> None:
@@ -202,6 +285,7 @@ def check_overrides(args: list[str]) -> None:
     keys, prefixes = known_keys(), _prefixes(known_keys())
     multirun = bool({"-m", "--multirun"} & set(args))
     seen: set[str] = set()
+    parsed = []
     for raw in args:
         if raw.startswith("-"):
             continue  # Hydra's own flags (-m, --cfg job, ...)
@@ -210,6 +294,7 @@ def check_overrides(args: list[str]) -> None:
             override = parser.parse_override(raw)
         except HydraException as exc:
             raise ConfigError(f"override {raw!r} cannot be parsed: {str(exc).splitlines()[0]}") from None
+        parsed.append(override)
         key = override.key_or_group
         if key.startswith(SEARCH_SPACE):
             raise ConfigError(_search_space_advice(raw, key.removeprefix(SEARCH_SPACE), override.is_delete()))
@@ -220,13 +305,13 @@ def check_overrides(args: list[str]) -> None:
         if override.is_sweep_override() and not multirun:
             raise ConfigError(f"{raw} is a sweep (one run per value): add -m to run it")
         if "/" in key or key in GROUPS + PRESETS:
-            values = (
-                [str(v) for v in override.sweep_string_iterator()] if override.is_sweep_override() else None
-            )
-            _check_group(key, values or [override.get_value_element_as_str()], raw)
+            if key != "logger" and isinstance(override.value(), list):
+                raise ConfigError(f"{raw}: {key} takes one option, not a list (only logger takes several)")
+            _check_group(key, _choices(override), raw)
             _check_group_prefix(key, raw, override.is_add(), override.is_force_add(), seen)
             continue
         if key not in keys and key not in prefixes:
             raise ConfigError(unknown_key_message(key))
         if override.is_add() and key in keys:
             raise ConfigError(f"{raw}: {key} already exists, so drop the '+' ({raw.lstrip('+')})")
+    _check_logger_keys(parsed)

@@ -22,7 +22,7 @@ __all__ = ["check_objective", "is_optuna", "search_space_jobs"]
 
 
 def is_optuna(config: DictConfig) -> bool:
-    """Whether ``config`` (with its ``hydra`` node) sweeps with hydra-optuna-sweeper."""
+    """Whether ``config`` (with its ``hydra`` node) sweeps with Optuna (``hydra/sweeper=optuna``)."""
     return "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower()
 
 

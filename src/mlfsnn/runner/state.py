@@ -36,7 +36,7 @@ class RunState:
     best_val_acc: float = -1.0  # with a validation split: model selection reads these
     best_val_epoch: int = 0
     test_acc_at_best_val: float | None = None
-    status: str = "ok"  # ok | preempted | non_finite_loss
+    status: str = "ok"  # ok | preempted | non_finite_loss | pruned (by an Optuna pruner)
     last_eval: dict[str, Any] | None = None
     wall_time_s: float = 0.0  # spent by the processes before this one (up to their last checkpoint)
 

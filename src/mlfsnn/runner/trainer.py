@@ -20,46 +20,34 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import build_splits
-from ..errors import CheckpointError, UserError, one_line
+from ..errors import UserError
 from ..nn import count_parameters
 from . import distributed as dist
 from .builders import build_model, build_optimizer, build_scheduler, training_model
-from .checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    quarantine,
-    restore_rng,
-    resume_candidates,
-    save_checkpoint,
-)
+from .checkpoint import capture_rng, restore_rng, save_checkpoint
 from .config import check_memory, validate
 from .context import Context, format_row, seed_everything
-from .loop import EpochProgress, NonFiniteLoss, epoch_metrics, evaluate, train_one_epoch
-from .outputs import (
-    MetricsLog,
-    WandbLogger,
-    add_file_log,
-    environment,
-    remove_stale_temporaries,
-    wandb_defaults,
-    write_json,
-)
+from .debug import Debug
+from .loggers import Loggers
+from .loop import EpochProgress, NonFiniteLoss, epoch_metrics, evaluate, release_workers, train_one_epoch
+from .outputs import MetricsLog, add_file_log, environment, remove_stale_temporaries, write_json
 from .preemption import PreemptionGuard
-from .resume import IncompatibleCheckpoint, check_same_trajectory, load_init_weights
 from .rundir import check_writable_dir, claim_run_dir, finished_summary, release_run_dir, save_hydra_files
 from .state import RunState
 from .summary import failure_summary, run_summary
+from .trainer_resume import ResumeSteps
 
 __all__ = ["RunState", "Trainer", "train"]  # RunState (in .state) re-exported for callers
 
 log = logging.getLogger("mlfsnn")
 
 
-class Trainer:
+class Trainer(ResumeSteps):
     """Owns the model, optimizer and outputs of one run; :func:`train` drives it."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, reporter: Any = None) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.reporter = reporter  # an Optuna trial's (runner/trial.py): per-epoch val_acc, pruning
         self.state = RunState()
         self.t0 = time.perf_counter()
         self.finished: dict[str, Any] | None = None  # the summary of a run resumed after its end
@@ -147,85 +135,15 @@ class Trainer:
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.trainer.precision == "fp16")
 
-    # --- resume -----------------------------------------------------------------------------------
-
-    def resume(self) -> None:
-        """Continue from ``trainer.resume``'s checkpoint, or start from ``trainer.init_from``'s weights.
-
-        A corrupt or unfit ``last.pt`` falls back to ``last.prev.pt`` and is renamed aside, so the
-        next save cannot rotate it over the good backup.
-        """
-        tr = self.cfg.trainer
-        if tr.init_from:
-            path, epoch = load_init_weights(tr.init_from, self.model, self.ctx.device)
-            log.info("initialised the model from %s (epoch %s); new optimizer and schedule", path, epoch)
-            return
-        while self._pending is not None:
-            index, saved = self._pending
-            try:
-                self._apply(saved, self.candidates[index])
-                return
-            except IncompatibleCheckpoint:
-                raise
-            except CheckpointError as exc:
-                if index == len(self.candidates) - 1:
-                    raise
-                self._fall_back(index, exc)
-                self._pending = self._load_resume_checkpoint(index + 1)
-
-    def _load_resume_checkpoint(self, start: int) -> tuple[int, dict[str, Any]] | None:
-        """The first of ``trainer.resume``'s candidates from ``start`` on that loads and continues
-        this trajectory, as ``(index, checkpoint)``; ``None`` to start fresh."""
-        tr = self.cfg.trainer
-        if tr.init_from:
-            return None
-        self.candidates = resume_candidates(tr.resume, self.run_dir)
-        for i in range(start, len(self.candidates)):
-            path = self.candidates[i]
-            try:
-                saved = load_checkpoint(path, map_location=self.ctx.device, require_training_state=True)
-                check_same_trajectory(saved["config"], self.resolved, path)
-                return i, saved
-            except IncompatibleCheckpoint:
-                raise
-            except CheckpointError as exc:
-                if i == len(self.candidates) - 1:
-                    raise
-                self._fall_back(i, exc)
-        return None
-
-    def _fall_back(self, index: int, exc: CheckpointError) -> None:
-        """A corrupt or unfit ``last.pt`` is renamed aside (rank 0 only), so the next save cannot
-        rotate it over the good backup resume falls back to."""
-        path = self.candidates[index]
-        moved = quarantine(path) if self.ctx.main_rank and path.name == "last.pt" and path.exists() else path
-        log.warning("%s; falling back to %s (the bad file is now %s)", exc, self.candidates[index + 1], moved)
-
-    def _apply(self, saved: dict[str, Any], path: Path) -> None:
-        try:
-            self.model.load_state_dict(saved["model"])
-            self.optimizer.load_state_dict(saved["optimizer"])
-            self.scheduler.load_state_dict(saved["scheduler"])
-            self.scaler.load_state_dict(saved["scaler"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            reason = one_line(exc)[:200]
-            raise CheckpointError(f"checkpoint {path} does not fit this run ({reason})") from None
-        st = self.state = RunState.from_checkpoint(saved, self.ctx.main_rank)
-        partial = f" + {st.progress.batches} batches" if st.progress.batches else ""
-        log.info("resumed from %s after epoch %d%s (step %d)", path, st.epoch, partial, st.step)
-
     # --- fit --------------------------------------------------------------------------------------
 
     def fit(self) -> None:
         """Run the remaining epochs; stops early on a signal (checkpoint first) or a non-finite loss."""
-        st, main = self.state, self.ctx.main_rank
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl" if main else None, st.history)
-        wandb_cfg = self.cfg.logger.wandb if main else None
-        # job_type train; one group per multirun, its sweep directory (see wandb_defaults)
-        name, defaults = self.cfg.name, wandb_defaults(self.run_dir)
-        self.wandb = WandbLogger(wandb_cfg, self.run_dir, self.resolved, name, st.wandb_id, **defaults)
-        st.wandb_id = self.wandb.run_id  # checkpoints carry it: a resumed run continues this wandb run
-        with PreemptionGuard() as self.guard:
+        st, self.debug = self.state, Debug(self.cfg)  # trainer.fast_dev_run, detect_anomaly, ... (debug=)
+        writes = self.debug.writes(self.ctx.main_rank)  # rank 0, unless a fast dev run
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl" if writes else None, st.history)
+        self.loggers = Loggers.open(self.cfg, self.run_dir, self.resolved, st, writes)  # logger=[...]
+        with PreemptionGuard() as self.guard, self.debug.watch(self):
             try:
                 for epoch in range(st.epoch + 1, self.cfg.trainer.epochs + 1):
                     if not self._run_epoch(epoch):
@@ -239,6 +157,9 @@ class Trainer:
                     else "no checkpoint was written yet"
                 )
                 log.error("%s; stopping (%s)", exc, kept)
+            finally:
+                for loader in (self.test_loader, self.val_loader):
+                    release_workers(loader, self.guard)
 
     def _run_epoch(self, epoch: int) -> bool:
         """Train, evaluate, log and checkpoint one epoch; ``False`` when the run should stop."""
@@ -267,25 +188,42 @@ class Trainer:
         self.scheduler.step()
         done = epoch == tr.epochs or (tr.max_steps is not None and st.step >= tr.max_steps)
         row: dict[str, Any] = {"epoch": epoch, "step": st.step, **epoch_metrics(st.progress, ctx)}
+        done = done or self.debug.reached(row)  # trainer.stop_at_train_acc (debug=overfit)
         st.epoch, st.progress = epoch, EpochProgress()
         if epoch % tr.eval_every == 0 or done:
             self._evaluate(epoch, row)
         row.update(lr=lr, epoch_time_s=time.perf_counter() - t_epoch)
         self.metrics.append(row)
-        self.wandb.log(row, step=epoch)
+        self.loggers.log(row, step=epoch)
         log.info("epoch %d: %s", epoch, format_row(row))
         # best.pt follows validation accuracy when there is a split (honest selection), else test.
         if row.get("best_val" if self.val_loader is not None else "best"):
             self.save("best")
-        if epoch % tr.checkpoint_every == 0 or done:
+        saved = epoch % tr.checkpoint_every == 0 or done
+        if saved:
             self.save("last")
         if done:
+            return False
+        if self._pruned(epoch, row, saved):
             return False
         if dist.all_reduce_sum([float(self.guard.requested)], ctx.device)[0]:  # a signal during evaluation
             if epoch % tr.checkpoint_every:
                 self.save("last")
             st.status = "preempted"
             return False
+        return True
+
+    def _pruned(self, epoch: int, row: dict[str, Any], saved: bool) -> bool:
+        """Whether the Optuna pruner stops this trial after ``epoch`` (its checkpoint kept)."""
+        prune = self.reporter is not None and self.reporter.should_prune(epoch, row.get("val_acc"))
+        if not dist.all_reduce_sum([float(prune)], self.ctx.device)[0]:
+            return False
+        if not saved:
+            self.save("last")
+        self.state.status = "pruned"
+        log.info(
+            "epoch %d: pruned by the Optuna pruner (trial %d)", epoch, getattr(self.reporter, "number", -1)
+        )
         return True
 
     def _evaluate(self, epoch: int, row: dict[str, Any]) -> None:
@@ -312,8 +250,8 @@ class Trainer:
             p = st.progress
             sums = dist.all_reduce_sum([p.loss_sum, p.correct, p.seen], self.ctx.device)
             progress = EpochProgress(p.batches, *sums, p.time_s, p.grad_norm_sum)
-        if not self.ctx.main_rank:
-            return
+        if not self.ctx.main_rank or self.debug.skip_checkpoint(self.ckpt_dir / f"{name}.pt"):
+            return  # a fast dev run writes no checkpoint
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -321,7 +259,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             **st.checkpoint_fields(self.metrics.history, progress, time.perf_counter() - self.t0),
             "rng": capture_rng(),
-            "wandb_run": self.wandb.identity,  # snn-eval's wandb run joins this one's group
+            "wandb_run": self.loggers.wandb.identity,  # snn-eval's wandb run joins this one's group
             "config": self.resolved,
             "num_params": self.num_params,
         }
@@ -332,12 +270,13 @@ class Trainer:
     # --- finish -----------------------------------------------------------------------------------
 
     def finish(self) -> dict[str, Any]:
-        """Write ``summary.json``, close wandb and the process group; returns the summary."""
+        """Write ``summary.json``, close the loggers and the process group; returns the summary."""
         st = self.state
         summary = self.summary()
-        if self.ctx.main_rank:
+        if self.debug.writes(self.ctx.main_rank):
             write_json(self.run_dir / "summary.json", summary)
-        self.wandb.finish(summary, 0 if st.status == "ok" else 1)
+        self.loggers.finish(summary, st.status)
+        self.debug.report(self, summary)  # what a fast dev run would have written, overfit, the profile
         if st.status == "preempted":
             log.warning(
                 "stopped by %s: checkpoint saved to %s; rerun the same command with trainer.resume=auto "
@@ -389,14 +328,14 @@ class Trainer:
         log.error("run failed: %s (recorded in %s)", summary["error"], self.run_dir / "summary.json")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def train(cfg: DictConfig, run_dir: Path, reporter: Any = None) -> dict[str, Any]:
     """Train as ``cfg`` says, writing everything to ``run_dir`` (rank 0); returns the summary.
 
     Exits with code 3 (``SystemExit``) after writing the summary when the loss became non-finite. A
     crash (anything but a :class:`~mlfsnn.errors.UserError`) after the run directory was claimed is
     recorded in ``summary.json`` as ``status: failed`` before it propagates.
     """
-    trainer = Trainer(cfg, run_dir)
+    trainer = Trainer(cfg, run_dir, reporter)
     try:
         return _train(trainer)
     except Exception as exc:
