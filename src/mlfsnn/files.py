@@ -38,8 +38,10 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "discard_aside",
     "ensure_dir",
     "fsync_dir",
+    "held_lock",
     "open_append",
     "open_lock",
     "os_reason",
@@ -250,6 +252,35 @@ def _open_regular(path: Path, flags: int) -> int:
 def open_lock(path: Path) -> int:
     """A read-write descriptor on the lock file ``path`` (created if needed), never through a link."""
     return _open_regular(path, os.O_RDWR | os.O_CREAT)
+
+
+@contextlib.contextmanager
+def held_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the lock file ``path`` (waiting for it) for the block."""
+    import fcntl
+
+    fd = open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def discard_aside(path: Path) -> None:
+    """Remove a file or folder; renamed to a hidden name first, so that no one opens it half-deleted
+    (a process still reading it keeps its open files) and a failed removal is retried later."""
+    import shutil
+    import uuid
+
+    if not path.name.startswith("."):
+        aside = path.parent / f".{path.name}.tmp-damaged-{uuid.uuid4().hex[:8]}"
+        os.rename(path, aside)
+        path = aside
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def open_append(path: Path) -> int:

@@ -113,8 +113,30 @@ def test_missing_data_skips_plots(tmp_path: Path) -> None:
     assert not any((out / name).exists() for name in PLOTS)
     md = (out / "report.md").read_text()
     assert "- test accuracy per epoch: skipped (no evaluated epochs)" in md
-    assert "| 1 | digits | ds | 3 | 8 | 2 | 4/8/8 |  | – | – | 1 (1 incomplete) | 1 |  |" in md
+    assert (
+        "| 1 | digits | ds | 3 | 8 | 2 | 4/8/8 |  | – | – | 50.00 ± – | 1.000 ± – | 1 (1 incomplete) | 1 |  |"
+        in md
+    )
     assert "`run` (row 1)" in md  # a DIR that is itself a run is labelled by its name
+
+
+def test_training_error_columns_and_curves(runs: Path, tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from matplotlib.image import imread
+
+    out = tmp_path / "out"
+    main([str(runs), "--out", str(out)])
+    with open(out / "report.csv") as f:
+        rows = {r["runs"]: r for r in csv.DictReader(f)}
+    last = json.loads((runs / "depth/0/metrics.jsonl").read_text().splitlines()[-1])
+    assert float(rows["depth/0"]["final_train_acc_mean"]) == pytest.approx(last["train_acc"])
+    assert float(rows["depth/0"]["final_train_loss_mean"]) == pytest.approx(last["train_loss"])
+    assert "final train (%)" in (out / "report.md").read_text()
+    curves, depth = imread(out / "training_curves.png"), imread(out / "accuracy_vs_depth.png")
+    assert curves.shape[1] > 1.5 * curves.shape[0]  # two panels: training and test accuracy per epoch
+    assert depth.shape[1] > 1.5 * depth.shape[0]  # accuracy and training error against depth
 
 
 def test_default_out_is_next_to_the_runs(runs: Path) -> None:

@@ -33,6 +33,7 @@ WRITTEN = (
     "report.csv",
     "best_trial.csv",
     "accuracy_curves.png",
+    "training_curves.png",
     "accuracy_vs_depth.png",
     "firing_rate.png",
     "dormant_ratio.png",

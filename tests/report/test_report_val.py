@@ -104,7 +104,7 @@ def test_single_run_with_val_does_not_crash(tmp_path: Path) -> None:
     assert main([str(tmp_path / "run"), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     # One seed: no std; selection on val picks epoch 1 (test 40) over the test-best epoch 2 (50).
-    assert "| 1,000 | 40.00 ± – | 45.00 ± – | 50.00 ± – | 50.00 ± – | 1 |" in md
+    assert "| 1,000 | 40.00 ± – | 45.00 ± – | 50.00 ± – | 50.00 ± – | 50.00 ± – | 0.500 ± – | 1 |" in md
     assert "- accuracy against depth (test @ best val): skipped (depth does not vary" in md
     assert "- accuracy against K (test @ best val): skipped" in md
     assert (out / "dormant_ratio.png").read_bytes()[:8] == PNG_MAGIC  # one line, no band

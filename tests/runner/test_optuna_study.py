@@ -201,3 +201,15 @@ def test_a_study_in_optunas_journal_file(tmp_path: Path) -> None:
     storage = st.open_storage(f"journal:{tmp_path / 'study.log'}")  # relative to where it was started
     trials = optuna.load_study(study_name="s", storage=storage).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+
+
+@pytest.mark.parametrize("name", ["optuna.db", ".optuna.lock"])
+def test_a_planted_link_at_the_study_is_refused_and_its_target_untouched(tmp_path: Path, name: str) -> None:
+    (tmp_path / "s").mkdir()
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"not yours")
+    (tmp_path / "s" / name).symlink_to(target)
+    proc = _run(tmp_path, "hydra.sweeper.n_trials=1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:") and name in ln]
+    assert target.read_bytes() == b"not yours" and not (tmp_path / "s" / "0").exists()

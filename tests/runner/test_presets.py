@@ -17,6 +17,7 @@ PRESETS = {
     "digits_sweep": 4,
     "depth_digits": 24,
     "ablation_levels_digits": 16,
+    "ablation_levels_digits_dvs": 8,
 }
 
 

@@ -88,7 +88,8 @@ def _framing_line(cfg: Any, ds: EventDataset) -> str:
         + (", transposed [p, x, y]" if spec.transpose else "")
     )
     if spec.time_steps != ds.paper_t:
-        line += f"\nnote: the paper uses T={ds.paper_t}: add +experiment={cfg.dataset.name}"
+        who = "its preset uses" if cfg.dataset.name == "digits_dvs" else "the paper uses"  # emulated data
+        line += f"\nnote: {who} T={ds.paper_t}: add +experiment={cfg.dataset.name}"
     return line
 
 
@@ -135,7 +136,8 @@ def info(cfg: Any, overrides: Sequence[str]) -> int:
 
     ds = _dataset(cfg)
     print(f"{cfg.dataset.name}: source={cfg.dataset.source}, root={cfg.dataset.root}")
-    print("checking (an archive is read once to count its label rows) ...", flush=True)
+    if cfg.dataset.name != "digits_dvs":  # emulated on first use: no archive to read
+        print("checking (an archive is read once to count its label rows) ...", flush=True)
     lines, ok = survey(cfg.dataset)
     for line in lines:
         print(line)

@@ -33,7 +33,7 @@ __all__ = [
 Builder = Callable[[Any, int], tuple[Dataset, Dataset, DataInfo]]
 DATASETS: dict[str, Builder] = {}
 # Imported on first use so that `import mlfsnn` does not pull in torchvision, sklearn or tonic.
-_BUILDER_MODULES = ("images", "events.dvs_gesture", "events.cifar10_dvs")
+_BUILDER_MODULES = ("images", "events.dvs_gesture", "events.cifar10_dvs", "events.digits_dvs")
 
 
 def register(name: str) -> Callable[[Builder], Builder]:

@@ -22,7 +22,11 @@ from ..errors import ConfigError, DataError
 __all__ = ["check_dataset_config"]
 
 _ABSENT = object()
-EVENT_SOURCES = {"dvs_gesture": ("ibm", "tonic"), "cifar10_dvs": ("original", "tonic")}
+EVENT_SOURCES = {
+    "dvs_gesture": ("ibm", "tonic"),
+    "cifar10_dvs": ("original", "tonic"),
+    "digits_dvs": ("emulator",),
+}
 # scikit-learn's digits: the split must leave every class on both sides (train_test_split's rule)
 DIGITS_SAMPLES, DIGITS_CLASSES = 1797, 10
 MAX_DIGITS_SIZE = 256  # 1797 images of 256 x 256 floats are 0.5 GB
@@ -169,10 +173,14 @@ def _events(cfg: Any, name: str) -> None:
         _bad("flip_prob", v, "expected a number in [0, 1]")
     _int(cfg, "max_shift", 0, SENSOR)
     _int(cfg, "num_workers_prepare", 0, 1024)
-    if name == "cifar10_dvs":
+    if name in ("cifar10_dvs", "digits_dvs"):
         _choice(cfg, "split", ("sorted", "shuffled"))
         _int(cfg, "split_seed", 0)
         _fraction(cfg, "test_fraction")
+    if name == "digits_dvs":  # dataset.emulator.<key>: one line naming the key, value and range
+        from .events.emulator import params_from_cfg
+
+        params_from_cfg(cfg.get("emulator"))
     if _get(cfg, "bin_ms") is _ABSENT or _get(cfg, "size") is _ABSENT:
         return
     try:  # the checks that combine keys (divisor against size, window_origin against framing)

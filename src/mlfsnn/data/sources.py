@@ -124,6 +124,9 @@ SOURCES: dict[tuple[str, str], Source] = {
 }
 
 _DEFAULTS = {"cifar10": "toronto", "cifar10_dvs": "original", "dvs_gesture": "ibm"}
+_MADE_HERE = {
+    "digits_dvs": ": it is emulated from scikit-learn's digits on first use (snn-data prepare or snn-train)"
+}
 
 
 def default_source(dataset: str) -> str:
@@ -131,7 +134,8 @@ def default_source(dataset: str) -> str:
     if dataset not in _DEFAULTS:
         raise ConfigError(
             f"dataset={dataset!r} has nothing to download; the datasets with files are "
-            f"{', '.join(_DEFAULTS)} (digits ships with scikit-learn)"
+            f"{', '.join(_DEFAULTS)} (digits ships with scikit-learn; digits_dvs is emulated from it on "
+            "first use)"
         )
     return _DEFAULTS[dataset]
 
@@ -144,7 +148,7 @@ def find_source(dataset: str, source: str | None) -> Source:
         raise ConfigError(
             f"source={name!r} is not a source of {dataset}: expected one of {', '.join(known)}"
             if known
-            else f"dataset={dataset!r} has nothing to download"
+            else f"dataset={dataset!r} has nothing to download" + _MADE_HERE.get(dataset, "")
         )
     return SOURCES[(dataset, name)]
 

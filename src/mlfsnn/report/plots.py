@@ -76,9 +76,36 @@ def plot_curves(rows: list[Row], keys: list[str], sink: Sink) -> str | None:
     curves = {row.number: accuracy_curve(row) for row in rows}
     if not any(curves.values()):
         return "no evaluated epochs"
-    labels = short_labels(rows, keys)
     fig = _figure()
     ax = fig.add_subplot()
+    _curves(ax, rows, curves, short_labels(rows, keys))
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy (mean ± std over seeds)")
+    _save(fig, ax, sink)
+    return None
+
+
+def plot_training_curves(rows: list[Row], keys: list[str], sink: Sink) -> str | None:
+    """Training (left) and test (right) accuracy per epoch, one line per row: the figure of a depth
+    claim, where a deeper net that fits its training set worse is degradation, not over-fitting."""
+    train = {row.number: accuracy_curve(row, train=True) for row in rows}
+    test = {row.number: accuracy_curve(row) for row in rows}
+    if not any(train.values()):
+        return "no epochs with a training accuracy"
+    labels = _labels(rows, keys, skip=())
+    named = {row.number: label for row, label in zip(rows, labels, strict=True)}
+    fig = _figure(12.0, 4.5)
+    left, right = fig.subplots(1, 2, sharey=True)
+    _curves(left, rows, train, named)
+    _curves(right, rows, test, named)
+    left.set(xlabel="epoch", ylabel="accuracy (%)", title="Training accuracy (last epoch's running mean)")
+    right.set(xlabel="epoch", title="Test accuracy")
+    left.grid(True, alpha=0.3)
+    _save(fig, right if any(test.values()) else left, sink)
+    return None
+
+
+def _curves(ax: Axes, rows: list[Row], curves: dict[int, list[Any]], labels: dict[int, str]) -> None:
+    """One line per row with a curve, a mean ± std band where there are seeds."""
     for i, row in enumerate(r for r in rows if curves[r.number]):
         points = curves[row.number]
         epochs = [p[0] for p in points]
@@ -90,9 +117,6 @@ def plot_curves(rows: list[Row], keys: list[str], sink: Sink) -> str | None:
         if any(s for _, _, s in points):
             ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy (mean ± std over seeds)")
-    _save(fig, ax, sink)
-    return None
 
 
 def _number(value: Any) -> bool:
@@ -181,8 +205,37 @@ def _plot_against(
 
 
 def plot_depth(rows: list[Row], keys: list[str], sink: Sink) -> str | None:
-    """Accuracy against depth, one line per variant (all other keys equal), mean ± std over seeds."""
-    return _plot_against(rows, keys, "model.depth", "network depth (layers)", "depth", sink)
+    """Accuracy against depth, one line per variant (all other keys equal), mean ± std over seeds;
+    beside it the training error against depth (degradation: a deeper net fits its training set
+    worse), when the runs recorded a training accuracy."""
+    attr, ylabel = _metric(rows)
+    key = "model.depth"
+    series = _sweep(rows, keys, key, attr)
+    if not series:
+        return "depth does not vary with all other keys equal"
+    labels = _labels([s[0] for s in series], keys, skip=(key,))
+    train = _sweep(rows, keys, key, "final_train_acc")
+    fig = _figure(12.0 if train else 7.0, 4.5)
+    axes = fig.subplots(1, 2) if train else [fig.add_subplot()]
+    for i, ((_, points), label) in enumerate(zip(series, labels, strict=True)):
+        _band(axes[0], [p[0] for p in points], [p[1:] for p in points], ls=_style(i), ms=4, label=label)
+    axes[0].set(xlabel="network depth (layers)", ylabel=ylabel, title="Accuracy against depth (mean ± std)")
+    if train:
+        order = {id(first): i for i, (first, _) in enumerate(series)}
+        for first, points in train:
+            i = order.get(id(first), len(order))
+            err = [(100.0 - m, sd) for _, m, sd in points]
+            label = labels[i] if i < len(labels) else None
+            _band(axes[1], [p[0] for p in points], err, ls=_style(i), ms=4, color=f"C{i % 10}", label=label)
+        axes[1].set(xlabel="network depth (layers)", ylabel="training error (%), last epoch",
+                    title="Training error against depth")  # fmt: skip
+        axes[1].grid(True, alpha=0.3)
+    ticks = sorted({p[0] for _, points in series for p in points})
+    for ax in axes:
+        ax.set_xticks(ticks, [format_value(t) for t in ticks])
+    axes[0].grid(True, alpha=0.3)
+    _save(fig, axes[-1], sink)
+    return None
 
 
 def plot_levels(rows: list[Row], keys: list[str], sink: Sink) -> str | None:
@@ -257,6 +310,10 @@ def make_plots(rows: list[Row], keys: list[str], out: Path) -> list[Plot]:
     what = "test @ best val" if any_val(rows) else "best test, paper conv."
     plots: list[tuple[Plot, Callable[[Sink], str | None]]] = [
         (Plot("accuracy_curves.png", "test accuracy per epoch"), lambda p: plot_curves(rows, keys, p)),
+        (
+            Plot("training_curves.png", "training and test accuracy per epoch, one line per row"),
+            lambda p: plot_training_curves(rows, keys, p),
+        ),
         (
             Plot("accuracy_vs_depth.png", f"accuracy against depth ({what})"),
             lambda p: plot_depth(rows, keys, p),

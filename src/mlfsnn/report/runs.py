@@ -107,6 +107,26 @@ class Run:
         evaluated = self._evaluated()
         return self._summary_or("final_test_acc", evaluated[-1]["test_acc"] if evaluated else None)
 
+    def _last_trained(self, key: str) -> float | None:
+        row = next((r for r in reversed(self.metrics) if _finite(r.get(key))), None)
+        return self._summary_or(f"final_{key}", row[key] if row else None)
+
+    @property
+    def final_train_acc(self) -> float | None:
+        """The last epoch's training accuracy (running mean, train mode): what degradation is about."""
+        return self._last_trained("train_acc")
+
+    @property
+    def final_train_loss(self) -> float | None:
+        return self._last_trained("train_loss")
+
+    def train_curve(self) -> list[tuple[int, float]]:
+        return [
+            (r["epoch"], float(r["train_acc"]))
+            for r in self.metrics
+            if isinstance(r.get("epoch"), int) and _finite(r.get("train_acc"))
+        ]
+
     def _best_val_row(self) -> dict[str, Any] | None:
         # The first epoch with the highest val accuracy: the trainer's choice too (it updates on >).
         return max(
@@ -167,11 +187,11 @@ class Row:
         return _stat([r.last_value(key) for r in self.runs])[0]
 
 
-def accuracy_curve(row: Row) -> list[tuple[int, float, float | None]]:
-    """(epoch, mean, std) of the test accuracy over the seeds evaluated at that epoch."""
+def accuracy_curve(row: Row, train: bool = False) -> list[tuple[int, float, float | None]]:
+    """(epoch, mean, std) of the test (``train``: training) accuracy over the seeds at that epoch."""
     by_epoch: dict[int, list[float]] = {}
     for run in row.runs:
-        for epoch, acc in run.curve():
+        for epoch, acc in run.train_curve() if train else run.curve():
             by_epoch.setdefault(epoch, []).append(acc)
     return [
         (e, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None)

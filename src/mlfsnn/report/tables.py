@@ -60,7 +60,8 @@ def _acc_cell(row: Row, attr: str, missing: str = "–") -> str:
     mean, std, n = row.stat(attr)
     if mean is None:
         return missing
-    cell = f"{mean:.2f} ± {'–' if std is None else f'{std:.2f}'}"
+    digits = 3 if attr.endswith("loss") else 2
+    cell = f"{mean:.{digits}f} ± {'–' if std is None else f'{std:.{digits}f}'}"
     return cell if n == len(row.runs) else f"{cell} (n={n})"
 
 
@@ -140,6 +141,15 @@ _TEST_COLUMNS = (
     ("best_acc", "best test, paper conv. (%)", "best_acc"),
     ("final_acc", "final test (%)", "final_acc"),
 )
+# Degradation is a statement about the training set: the last epoch's training accuracy and loss.
+_TRAIN_COLUMNS = (
+    ("final_train_acc", "final train (%)", "final_train_acc"),
+    ("final_train_loss", "final train loss", "final_train_loss"),
+)
+
+
+def _any_train(rows: list[Row]) -> bool:
+    return any(r.final_train_acc is not None for row in rows for r in row.runs)
 
 
 def markdown_table(rows: list[Row], keys: list[str]) -> str:
@@ -147,7 +157,9 @@ def markdown_table(rows: list[Row], keys: list[str]) -> str:
     sops = any(row.mean_of("sops_per_sample") is not None for row in rows)
     energy = _has_energy(rows)
     val = _VAL_COLUMNS if any_val(rows) else ()
-    header = ["#", *(_HEADER.get(k, k) for k in keys), "params", *(c[1] for c in val + _TEST_COLUMNS), "n"]
+    train = _TRAIN_COLUMNS if _any_train(rows) else ()
+    shown = val + _TEST_COLUMNS + train
+    header = ["#", *(_HEADER.get(k, k) for k in keys), "params", *(c[1] for c in shown), "n"]
     header += ["SOPs/sample"] * sops + ["energy ANN/SNN"] * energy + ["epochs", "paper acc (%)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -155,7 +167,7 @@ def markdown_table(rows: list[Row], keys: list[str]) -> str:
         cells = [str(row.number), *(format_value(row.values[k]) for k in keys)]
         cells += [" / ".join(f"{p:,}" for p in _params(row))]
         cells += [_acc_cell(row, attr, missing="") for attr, _, _ in val]  # blank: the run had no split
-        cells += [_acc_cell(row, attr) for attr, _, _ in _TEST_COLUMNS] + [_count(row)]
+        cells += [_acc_cell(row, attr) for attr, _, _ in _TEST_COLUMNS + train] + [_count(row)]
         cells += [_si(row.mean_of("sops_per_sample"))] * sops
         cells += [_ratio(row.mean_of("energy_ratio"))] * energy
         cells += ["" if lo is None else str(lo) if lo == hi else f"{lo}–{hi}", _paper_cell(row)]
@@ -167,7 +179,7 @@ def csv_rows(rows: list[Row], keys: list[str]) -> list[list[str]]:
     """report.csv, header first: one column per statistic so that a spreadsheet needs no parsing."""
     header = ["row", *(_HEADER.get(k, k) for k in keys), "params", "n_runs", "n_incomplete", "n_failed"]
     header.append("n_pruned")
-    stats = _TEST_COLUMNS + (_VAL_COLUMNS if any_val(rows) else ())
+    stats = _TEST_COLUMNS + (_VAL_COLUMNS if any_val(rows) else ()) + _TRAIN_COLUMNS
     for _, _, stem in stats:
         header += [f"{stem}_mean", f"{stem}_std", f"{stem}_n"]
     header += [

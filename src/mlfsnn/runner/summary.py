@@ -44,6 +44,7 @@ def run_summary(
     ``final``: the last evaluated row of the history; ``elapsed_s``: this process's time.
     """
     last_eval = st.last_eval or final
+    trained = next((r for r in reversed(st.history) if "train_acc" in r), {})
     return {
         "name": name,
         "status": st.status,
@@ -51,6 +52,11 @@ def run_summary(
         **st.selection_summary(info.val_samples if val_split else None),
         "final_test_acc": final.get("test_acc"),
         "final_test_loss": final.get("test_loss"),
+        # Degradation is about fitting the training set: the last epoch's figures, as the loop
+        # measured them (a running mean over the epoch's batches, train mode, augmented inputs).
+        "final_train_acc": trained.get("train_acc"),
+        "final_train_loss": trained.get("train_loss"),
+        "train_metrics": "last epoch, running mean over its batches (train mode)",
         "num_params": num_params,
         "train_samples": info.train_samples,
         "test_samples": info.test_samples,

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["EVENT_DATASETS", "event_dataset"]
 
 # dataset.name -> the EventDataset subclass in the module of that name
-EVENT_DATASETS = {"dvs_gesture": "DVSGesture", "cifar10_dvs": "CIFAR10DVS"}
+EVENT_DATASETS = {"dvs_gesture": "DVSGesture", "cifar10_dvs": "CIFAR10DVS", "digits_dvs": "DigitsDVS"}
 
 
 def event_dataset(name: str, cfg: Any, time_steps: int) -> EventDataset:

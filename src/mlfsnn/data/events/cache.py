@@ -35,6 +35,7 @@ from ...files import (
     LinkRefused,
     atomic_write,
     atomic_write_text,
+    discard_aside,
     ensure_dir,
     fsync_dir,
     open_append,
@@ -118,9 +119,9 @@ def locked_build(
             if seen is not None:
                 damage = damage or f"{_META}: not a complete cache entry"
                 log.warning("damaged cache entry %s/%s; discarding it and rebuilding it", entry, damage)
-                _discard(entry)
+                discard_aside(entry)
             for stale in entry.parent.glob(f".{entry.name}.tmp-*"):
-                _discard(stale)
+                discard_aside(stale)
         except OSError as exc:
             raise DataError(_cache_os_error(exc, entry.parent, "cannot remove an old entry")) from None
         if damage is None:
@@ -182,19 +183,6 @@ def _build_lock(entry: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _discard(path: Path) -> None:
-    """Remove an entry or a temporary folder; renamed first so that no one opens it half-deleted
-    (a process still reading it keeps its open files), and a failed removal is retried next build."""
-    if not path.name.startswith("."):
-        aside = path.parent / f".{path.name}.tmp-damaged-{uuid.uuid4().hex[:8]}"
-        os.rename(path, aside)
-        path = aside
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _narrowest(max_count: int) -> np.dtype:

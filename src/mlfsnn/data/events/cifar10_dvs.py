@@ -104,15 +104,18 @@ def class_files(kind: str, path: Path) -> list[str]:
     return sorted(names, key=lambda n: natural_key(os.path.basename(n)))
 
 
-def split_indices(n: int, cfg: Any, class_index: int) -> tuple[list[int], list[int]]:
-    """Indices (into the class's naturally ordered files) of its train and test recordings."""
+def split_indices(
+    n: int, cfg: Any, class_index: int, names: tuple[str, ...] = CLASSES
+) -> tuple[list[int], list[int]]:
+    """Indices (into the class's naturally ordered files) of its train and test recordings;
+    ``names[class_index]`` names the class in messages."""
     fraction = float(cfg.get("test_fraction", 0.1))
     if not 0 < fraction < 1:
         raise DataError(f"dataset.test_fraction must be in (0, 1), got {fraction}")
     n_test = round(n * fraction)
     if n < 2 or n_test in (0, n):
         raise DataError(
-            f"class {CLASSES[class_index]}: {n} recordings cannot be split {1 - fraction:g} / {fraction:g}"
+            f"class {names[class_index]}: {n} recordings cannot be split {1 - fraction:g} / {fraction:g}"
         )
     mode = str(cfg.get("split", "sorted"))
     if mode == "sorted":

@@ -236,6 +236,7 @@ class EventDataset:
     name: ClassVar[str]
     num_classes: ClassVar[int]
     paper_t: ClassVar[int]  # the paper's number of time steps for this dataset
+    t_from: ClassVar[str] = "the paper's"  # whose T that is, for the note when a run differs
     default_source: ClassVar[str]
 
     def __init__(self, cfg: Any, time_steps: int) -> None:
@@ -324,7 +325,7 @@ class EventDataset:
         )
         if spec.time_steps != self.paper_t:
             notes.append(
-                f"T={spec.time_steps} differs from the paper's T={self.paper_t} (+experiment={self.name})"
+                f"T={spec.time_steps} differs from {self.t_from} T={self.paper_t} (+experiment={self.name})"
             )
         return self.open(entry, meta, source, notes)
 

@@ -26,6 +26,10 @@ def survey(cfg: Any) -> tuple[list[str], bool]:
     root = Path(os.path.expanduser(str(cfg.root))).resolve()
     if cfg.name == "dvs_gesture":
         return _gesture_tonic(root) if str(cfg.get("source", "ibm")) == "tonic" else _gesture_ibm(root)
+    if cfg.name == "digits_dvs":  # emulated on first use: nothing to download
+        from .digits_dvs import survey_digits
+
+        return survey_digits(cfg)
     if str(cfg.get("source", "original")) == "tonic":
         return _cifar_tonic(root)
     return _cifar_original(root, float(cfg.get("test_fraction", 0.1)))
