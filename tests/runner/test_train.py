@@ -287,3 +287,17 @@ def test_fp32_channels_last_on_cpu_is_ignored_with_a_warning(tmp_path: Path) -> 
     with pytest.warns(RuntimeWarning, match="channels_last=true is ignored for fp32 on CPU"):
         summary = _run(tmp_path, "trainer.epochs=1", "trainer.channels_last=true")
     assert summary["status"] == "ok"
+
+
+def test_the_summary_carries_the_last_epochs_training_figures(tmp_path: Path) -> None:
+    """Degradation is read from these (snn-report's final train columns): the last epoch's row, also
+    after a stop and a resume, not the state the run started from."""
+    train(compose_cfg([*TINY, "trainer.epochs=3", "trainer.max_steps=4"]), tmp_path)  # stops in epoch 2
+    summary = train(compose_cfg([*TINY, "trainer.epochs=3", "trainer.resume=auto"]), tmp_path)
+    last = read_metrics(tmp_path)[-1]
+    assert last["epoch"] == 3 and summary["epochs_completed"] == 3
+    assert (summary["final_train_acc"], summary["final_train_loss"]) == (
+        last["train_acc"],
+        last["train_loss"],
+    )
+    assert json.loads((tmp_path / "summary.json").read_text())["final_train_acc"] == last["train_acc"]

@@ -31,6 +31,7 @@ def run_summary(
     info: Any,
     final: dict[str, Any],
     *,
+    history: list[dict[str, Any]],
     val_split: bool,
     elapsed_s: float,
     stopped_by: str,
@@ -41,10 +42,11 @@ def run_summary(
 ) -> dict[str, Any]:
     """The summary of a run that ended normally or by a signal or a non-finite loss.
 
-    ``final``: the last evaluated row of the history; ``elapsed_s``: this process's time.
+    ``final``: the last evaluated row of ``history`` (every epoch's row, this process's included);
+    ``elapsed_s``: this process's time.
     """
     last_eval = st.last_eval or final
-    trained = next((r for r in reversed(st.history) if "train_acc" in r), {})
+    trained = next((r for r in reversed(history) if "train_acc" in r), {})
     return {
         "name": name,
         "status": st.status,

@@ -308,6 +308,7 @@ class Trainer(ResumeSteps):
             self.state,
             self.info,
             final,
+            history=self.metrics.history,
             val_split=self.val_loader is not None,
             elapsed_s=time.perf_counter() - self.t0,
             stopped_by=self.guard.name,
