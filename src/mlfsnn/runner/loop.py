@@ -23,7 +23,7 @@ from ..nn import NeuronMonitor, SynapticOps
 from ..nn.observe import E_AC_PJ, E_MAC_PJ, add_grad_norms
 from .context import Context
 from .distributed import all_reduce_sum
-from .preemption import PreemptionGuard
+from .preemption import PreemptionGuard, held
 
 __all__ = [
     "EpochProgress",
@@ -142,7 +142,7 @@ def train_one_epoch(
     try:
         return _run_batches(model, bar, optimizer, scaler, ctx, epoch, step, progress, guard, pending)
     finally:
-        with guard.protect() if guard is not None else contextlib.nullcontext():
+        with held(guard):
             del bar, batches
 
 
@@ -152,7 +152,7 @@ def release_workers(loader: DataLoader | None, guard: PreemptionGuard | None) ->
     ``DataLoader.__del__`` (``_iterator`` is where DataLoader keeps them)."""
     if loader is None or getattr(loader, "_iterator", None) is None:
         return
-    with guard.protect() if guard is not None else contextlib.nullcontext():
+    with held(guard):
         loader._iterator = None  # the last reference: the workers are joined here
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["Interrupted", "PreemptionGuard"]
+__all__ = ["Interrupted", "PreemptionGuard", "held"]
 
 DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
@@ -105,3 +105,8 @@ class PreemptionGuard:
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
+def held(guard: PreemptionGuard | None) -> contextlib.AbstractContextManager[None]:
+    """``guard.protect()``, or nothing when there is no guard (evaluation, tests, other ranks)."""
+    return guard.protect() if guard is not None else contextlib.nullcontext()

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +68,12 @@ class IncompatibleCheckpoint(CheckpointError):
     """A sound checkpoint of a different trajectory: never a reason to fall back to an older file."""
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
+def flat_keys(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"a.b.c": value}``."""
+    if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flat_keys(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: value}
 
@@ -82,7 +84,7 @@ def _free(key: str) -> bool:
 
 def check_same_trajectory(old: dict[str, Any], new: dict[str, Any], path: Path) -> None:
     """Raise :class:`IncompatibleCheckpoint` naming every key that would change the trajectory."""
-    a, b = _flat(old), _flat(new)
+    a, b = flat_keys(old), flat_keys(new)
     scheduler = SCHEDULERS.get(str(b.get("scheduler.name")))
     diffs = []
     for key in sorted(set(a) | set(b)):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import LinkRefused, ensure_dir
+from .resume import flat_keys
 
 __all__ = [
     "FOLDER",
@@ -85,15 +86,6 @@ def scalars(row: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
-
-
 def _hparam_value(value: Any) -> bool | float | str:
     if isinstance(value, bool | str):
         return value
@@ -114,7 +106,7 @@ def hparams_of(
     Lists become their text (``[16, 32, 64]``), ``null`` the string ``null``; a key that names a
     whole block (``dataset``) is left out.
     """
-    flat = _flat(resolved)
+    flat = flat_keys(resolved)
     out: dict[str, bool | float | str] = {}
     for key in [*keys, *overridden]:
         if key in flat and key not in out:

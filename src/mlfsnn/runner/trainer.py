@@ -31,7 +31,7 @@ from .debug import Debug
 from .loggers import Loggers
 from .loop import EpochProgress, NonFiniteLoss, epoch_metrics, evaluate, release_workers, train_one_epoch
 from .outputs import MetricsLog, add_file_log, environment, remove_stale_temporaries, write_json
-from .preemption import PreemptionGuard
+from .preemption import PreemptionGuard, held
 from .rundir import check_writable_dir, claim_run_dir, finished_summary, release_run_dir, save_hydra_files
 from .state import RunState
 from .summary import failure_summary, run_summary
@@ -264,7 +264,7 @@ class Trainer(ResumeSteps):
             "num_params": self.num_params,
         }
         guard = getattr(self, "guard", None)
-        with guard.protect() if guard is not None else contextlib.nullcontext():
+        with held(guard):
             save_checkpoint(state, self.ckpt_dir / f"{name}.pt", keep_previous=name == "last")
 
     # --- finish -----------------------------------------------------------------------------------
