@@ -58,7 +58,7 @@ def test_reproduce_runs_a_sweep_and_its_report(tmp_path: Path) -> None:
 
 def test_laptop_reproduction_help(tmp_path: Path) -> None:
     proc = _script("laptop_reproduction.sh", "--help", cwd=tmp_path)
-    assert proc.returncode == 0 and "depth_digits" in proc.stdout and "ablation_levels_digits" in proc.stdout
+    assert proc.returncode == 0 and "depth_digits" in proc.stdout and "ablation_levels_digits_dvs" in proc.stdout
 
 
 @pytest.mark.slow
@@ -69,7 +69,8 @@ def test_laptop_reproduction_runs_both_sweeps_and_reports(tmp_path: Path) -> Non
     proc = _script("laptop_reproduction.sh", "out", *tiny, *small, "neuron.levels=1,3", "model.block=ds",
                    cwd=tmp_path, PUBLISH=str(tmp_path / "pub"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for part in ("depth", "levels"):
+    for part in ("depth", "levels", "levels_dvs"):
         assert (tmp_path / "pub" / part / "report.csv").is_file()
         assert (tmp_path / "pub" / part / "report.md").is_file()
+        assert (tmp_path / "pub" / part / "dormant_readings.csv").is_file()  # snn-eval ran on every run
     assert "total:" in (tmp_path / "pub" / "wall_time.txt").read_text()

@@ -15,7 +15,7 @@ PRESETS = {
     "ablation_levels_cifar10_dvs": 6,
     "depth_cifar10": 21,
     "digits_sweep": 4,
-    "depth_digits": 24,
+    "depth_digits": 32,
     "ablation_levels_digits": 16,
     "ablation_levels_digits_dvs": 8,
 }
@@ -62,12 +62,12 @@ def test_laptop_presets_share_one_recipe_with_a_validation_split() -> None:
     levels = [compose_cfg(job) for job in expand("ablation_levels_digits")]
     variants = {(1, "plain"), (1, "ds"), (3, "plain"), (3, "ds")}
     assert {(c.neuron.levels, c.model.block) for c in depth} == variants
-    assert {c.model.depth for c in depth} == {8, 20, 32} and {c.trainer.seed for c in depth} == {1, 2}
+    assert {c.model.depth for c in depth} == {8, 20, 32, 44} and {c.trainer.seed for c in depth} == {1, 2}
     grid = {(k, b) for k in (1, 2, 3, 4) for b in ("ds", "plain")}
     assert {(c.neuron.levels, c.model.block) for c in levels} == grid
     recipe = {"dataset": None, "optimizer": None, "scheduler": None, "time_steps": None, "trainer": None}
     for cfg in depth + levels:  # everything but the swept keys is the same recipe
-        assert cfg.dataset.val_fraction == 0.15 and list(cfg.model.widths) == [8, 16, 32]
+        assert cfg.dataset.val_fraction == 0.15 and list(cfg.model.widths) == [16, 32, 64]
         for key in recipe:
             value = {k: v for k, v in dict(cfg[key]).items() if k != "seed"} if key == "trainer" else cfg[key]
             recipe[key] = value if recipe[key] is None else recipe[key]

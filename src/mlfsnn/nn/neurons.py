@@ -217,6 +217,22 @@ def mlf(
     return out.reshape(shape).to(dtype)
 
 
+def mlf_window_mask(
+    x: Tensor, levels: int, threshold: float, width: float, decay: float
+) -> tuple[Tensor, Tensor]:
+    """Spike counts and, per step, whether any level's potential is inside its surrogate window
+    (``|u_k[t] - th_k| < width / 2``: the step's spikes pass a gradient), without gradient.
+
+    ``x: [T, ...]``; both results have its shape.
+    """
+    with torch.no_grad():
+        flat = x.reshape(x.shape[0], -1).float()
+        th = torch.tensor(level_thresholds(levels, threshold, width), dtype=flat.dtype, device=x.device)
+        out, u_all = _scan(flat, th.unsqueeze(1), float(decay), keep_potentials=True)
+        in_window = ((u_all - th.view(1, -1, 1)).abs() < width / 2).any(dim=1)
+    return out.reshape(x.shape), in_window.reshape(x.shape)
+
+
 def mlf_dormant_mask(
     x: Tensor, levels: int, threshold: float, width: float, decay: float
 ) -> tuple[Tensor, Tensor]:
@@ -225,12 +241,8 @@ def mlf_dormant_mask(
     A unit is dormant when, at every step, every level's potential is outside its surrogate window,
     so no gradient can pass through it. ``x: [T, ...]``; the mask has shape ``x.shape[1:]``.
     """
-    with torch.no_grad():
-        flat = x.reshape(x.shape[0], -1).float()
-        th = torch.tensor(level_thresholds(levels, threshold, width), dtype=flat.dtype, device=x.device)
-        out, u_all = _scan(flat, th.unsqueeze(1), float(decay), keep_potentials=True)
-        in_window = ((u_all - th.view(1, -1, 1)).abs() < width / 2).any(dim=1).any(dim=0)
-    return out.reshape(x.shape), (~in_window).reshape(x.shape[1:])
+    out, in_window = mlf_window_mask(x, levels, threshold, width, decay)
+    return out, ~in_window.any(dim=0)
 
 
 class MLF(nn.Module):

@@ -6,6 +6,7 @@ per-step rates for plots (:class:`SpikeRecorder`).
         model(x)
     monitor.firing_rate()    # {"sn1": 0.21, "layer1.0.sn1": 0.17, ...}
     monitor.dormant_ratio()  # {"sn1": 0.40, ...}
+    monitor.readings()       # with readings=True: four readings of "dormant" (docs/method.md §8)
 
 When no monitor is attached a neuron runs without hooks (torch's fast path). While attached, the
 dormant statistic recomputes the layer's potentials without gradient (one extra forward of the
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .neurons import MLF, mlf_dormant_mask
+from .neurons import MLF, mlf_window_mask
 
 __all__ = [
     "E_AC_PJ",
@@ -44,6 +45,10 @@ class LayerStats:
     neurons: int = 0  # neurons per sample (the layer's size)
     time_steps: int = 0
     extra: dict = field(default_factory=dict)
+    # with readings=True (NeuronMonitor.readings)
+    dormant_steps: Tensor | float = 0.0  # (sample, neuron, step) with no level in its window
+    silent: Tensor | float = 0.0  # (sample, neuron) units that never spike
+    reached: Tensor | None = None  # [neurons]: some sample's potential entered a window
 
 
 class NeuronMonitor:
@@ -52,14 +57,16 @@ class NeuronMonitor:
     Args:
         model: any module containing MLF layers.
         dormant: also measure the dormant-unit ratio (costs a no-grad recomputation per layer).
+        readings: also keep what :meth:`readings` needs (implies ``dormant``).
 
     Firing rate = spikes per neuron per time step (counts, so up to K for MLF). Dormant ratio = the
     fraction of (sample, neuron) units whose potential never entered any level's surrogate window
     (docs/method.md §8): those units pass no gradient.
     """
 
-    def __init__(self, model: nn.Module, dormant: bool = True) -> None:
-        self.dormant = dormant
+    def __init__(self, model: nn.Module, dormant: bool = True, readings: bool = False) -> None:
+        self.dormant = dormant or readings
+        self.keep_readings = readings
         self.layers: dict[str, MLF] = {n: m for n, m in model.named_modules() if isinstance(m, MLF)}
         self.stats: dict[str, LayerStats] = {n: LayerStats() for n in self.layers}
         self._names = {id(m): n for n, m in self.layers.items()}
@@ -73,10 +80,16 @@ class NeuronMonitor:
         with torch.no_grad():
             st.spikes = st.spikes + out.detach().float().sum()
             if self.dormant:
-                _, mask = mlf_dormant_mask(
+                _, in_window = mlf_window_mask(
                     x.detach(), module.levels, module.threshold, module.width, module.decay
                 )
-                st.dormant = st.dormant + mask.sum()
+                reached = in_window.any(dim=0).reshape(batch, -1)  # [B, neurons]: not dormant
+                st.dormant = st.dormant + reached.numel() - reached.sum()
+                if self.keep_readings:
+                    st.dormant_steps = st.dormant_steps + in_window.numel() - in_window.sum()
+                    st.silent = st.silent + (out.detach().reshape(steps, batch, -1).sum(0) == 0).sum()
+                    ever = reached.any(dim=0)
+                    st.reached = ever if st.reached is None else st.reached | ever
         st.neuron_steps += out.numel()
         st.units += batch * neurons
         st.samples += batch
@@ -111,6 +124,29 @@ class NeuronMonitor:
         if not self.dormant:
             raise RuntimeError("this NeuronMonitor was created with dormant=False")
         return {n: float(s.dormant) / s.units for n, s in self.stats.items() if s.units}
+
+    def readings(self) -> dict[str, dict[str, float]]:
+        """Four readings of "dormant" per layer (docs/method.md §8), each a fraction:
+
+        * ``unit``: (sample, neuron) units no level's potential reached a window at any step
+          (:meth:`dormant_ratio`, the definition this project uses);
+        * ``step``: (sample, neuron, step) triples with no level in its window at that step;
+        * ``silent``: (sample, neuron) units that never spike;
+        * ``dead``: neurons that are dormant (``unit``) for every sample seen.
+        """
+        if not self.keep_readings:
+            raise RuntimeError("this NeuronMonitor was created with readings=False")
+        seen = {n: s for n, s in self.stats.items() if s.units}
+        return {
+            "unit": self.dormant_ratio(),
+            "step": {n: float(s.dormant_steps) / s.neuron_steps for n, s in seen.items()},
+            "silent": {n: float(s.silent) / s.units for n, s in seen.items()},
+            "dead": {
+                n: float((~s.reached).sum()) / s.reached.numel()
+                for n, s in seen.items()
+                if s.reached is not None
+            },
+        }
 
     def spikes_per_sample(self) -> dict[str, float]:
         """Total spike count per input sample, per layer (the basis of synaptic-operation counts)."""

@@ -9,7 +9,8 @@ without ``summary.json`` (crashed, or still training) is reported as incomplete 
 
 :mod:`.rundirs` finds and reads run directories, :mod:`.runs` groups, :mod:`.tables` renders
 report.md / report.csv, :mod:`.plots` draws the PNGs, :mod:`.optuna` adds the best trial of Optuna
-sweeps (a report.md section, best_trial.csv), :mod:`.writing` writes them all as one set (no link
+sweeps (a report.md section, best_trial.csv), :mod:`.dormant` the four dormant readings snn-eval
+stored beside each run (a section, dormant_readings.csv), :mod:`.writing` writes them all as one set (no link
 followed, a full disk leaves the previous report whole). This package reads run directories only; it
 imports nothing that trains.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ReportError
+from .dormant import readings_csv, readings_markdown
 from .optuna import best_trial_csv, best_trial_lines, best_trial_markdown, find_best_trials, insert_section
 from .rundirs import find_run_dirs, label_runs, load_run
 from .runs import Row, Run, build_rows, load_paper_results
@@ -76,6 +78,8 @@ def report(dirs: list[Path], out: Path | None = None) -> dict[str, Any]:
     sources = [d.resolve().name or str(d) for d in dirs]
     trials = find_best_trials(dirs, runs)  # Optuna sweeps: their optimization_results.yaml
     text = insert_section(markdown(rows, keys, runs, paper, plots, sources), best_trial_markdown(trials))
+    dormant = readings_markdown(rows, keys)  # what snn-eval measured on each run's checkpoint
+    text = insert_section(text, dormant)
     # Everything is rendered before anything is written, and written as one set (write_together):
     # report.md comes first in the list, so it is renamed into place last. A failure (a full disk)
     # leaves every previous file as it was; and a reader who finds a new report.md finds the new
@@ -86,8 +90,13 @@ def report(dirs: list[Path], out: Path | None = None) -> dict[str, Any]:
     ]
     if trials:
         files.append((out / "best_trial.csv", _csv(best_trial_csv(trials))))
+    if dormant:
+        files.append((out / "dormant_readings.csv", _csv(readings_csv(rows, keys))))
     files += [(p.path, p.data) for p in plots if p.path is not None]
     write_together(files)
+    if not dormant:  # an earlier report's readings would pass for these runs'
+        for name in ("dormant_readings.csv", "dormant_readings.png"):
+            (out / name).unlink(missing_ok=True)
     for p in plots:  # a stale plot from an earlier report would mislead; gone only once the rest stands
         if p.path is None:
             (out / p.name).unlink(missing_ok=True)

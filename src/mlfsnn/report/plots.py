@@ -29,6 +29,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .dormant import READINGS, row_readings
 from .runs import DEFINING, Row, accuracy_curve, any_val, canon, layer_stats
 from .tables import format_value, short_labels
 
@@ -288,19 +289,54 @@ def plot_layers(rows: list[Row], keys: list[str], key: str, sink: Sink) -> str |
     layers = _merge_orders([list(stats[row.number]) for row in rows])
     fig = _figure(width=min(12.0, max(7.0, 0.15 * len(layers) + 4.0)))
     ax = fig.add_subplot()
-    for i, (row, label) in enumerate(zip(rows, _labels(rows, keys, skip=("model.depth",)), strict=True)):
+    _layer_lines(ax, rows, keys, stats, layers)
+    what = "firing rate (spikes per neuron per step)" if key == "firing_rate" else "dormant ratio (fraction)"
+    where = f", depth {format_value(depth)}" if depth is not None else ""
+    ax.set(ylabel=what, title=f"{what.split(' (')[0].capitalize()} per layer{where} (mean ± std over seeds)")
+    _save(fig, ax, sink)
+    return None
+
+
+def _layer_lines(
+    ax: Axes, rows: list[Row], keys: list[str], stats: dict[int, dict], layers: list[str]
+) -> None:
+    """One line per row over ``layers`` (network order) from ``stats[row.number]``: {layer: (mean, std)}."""
+    labels = _labels(rows, keys, skip=("model.depth",))
+    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
         named = stats[row.number]
         xs = [layers.index(name) for name in named]
-        _band(ax, xs, list(named.values()), ls=_style(i), ms=3, label=label)
+        _band(ax, xs, [v[:2] for v in named.values()], ls=_style(i), ms=3, label=label)
     step = math.ceil(len(layers) / 40)  # beyond ~40 names the labels overlap: name every step-th
     ticks = list(range(0, len(layers), step))
     ax.set_xticks(ticks, [short_layer(layers[t]) for t in ticks], rotation=90, fontsize="x-small")
     ax.set_xlabel("layer in network order (stem, then stage.block.neuron; sc = shortcut)")
-    what = "firing rate (spikes per neuron per step)" if key == "firing_rate" else "dormant ratio (fraction)"
-    where = f", depth {format_value(depth)}" if depth is not None else ""
-    ax.set(ylabel=what, title=f"{what.split(' (')[0].capitalize()} per layer{where} (mean ± std over seeds)")
     ax.set_ylim(bottom=0)
-    _save(fig, ax, sink)
+
+
+def plot_dormant_readings(rows: list[Row], keys: list[str], sink: Sink) -> str | None:
+    """The four readings of :mod:`.dormant` per layer, one panel each, one line per variant at one depth."""
+    readings = {row.number: row_readings(row) for row in rows}
+    rows = [row for row in rows if readings[row.number]]
+    if not rows:
+        return "no run has dormant readings; snn-eval checkpoint=RUN_DIR writes them to eval.json"
+    depth = _layer_depth(rows)
+    rows = [row for row in rows if canon(row.values.get("model.depth")) == canon(depth)]
+    layers = _merge_orders([list(layers) for row in rows for layers in readings[row.number].values()])
+    fig = _figure(width=min(16.0, max(10.0, 0.25 * len(layers) + 6.0)), height=8.0)
+    axes = fig.subplots(2, 2, sharex=True).flat
+    for ax, (key, name, what) in zip(axes, READINGS, strict=True):
+        stats = {row.number: readings[row.number].get(key, {}) for row in rows}
+        _layer_lines(ax, rows, keys, stats, layers)
+        ax.set(ylabel="fraction", title=f"{name}: {what}")
+        ax.title.set_fontsize("small")
+    where = f", depth {format_value(depth)}" if depth is not None else ""
+    fig.suptitle(f"Dormant units per layer, four readings{where} (snn-eval, test set; mean ± std over seeds)")
+    handles, labels = next(iter(fig.axes)).get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small")
+    for ax in fig.axes:
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.96))
+    fig.savefig(sink, format="png", metadata={"Software": None})
     return None
 
 
@@ -331,6 +367,13 @@ def make_plots(rows: list[Row], keys: list[str], out: Path) -> list[Plot]:
             lambda p: plot_layers(rows, keys, "dormant_ratio", p),
         ),
     ]
+    if any(row_readings(row) for row in rows):  # only runs snn-eval has measured have them
+        plots.append(
+            (
+                Plot("dormant_readings.png", "per-layer dormant units in four readings (snn-eval)"),
+                lambda p: plot_dormant_readings(rows, keys, p),
+            )
+        )
     for plot, draw in plots:
         sink = io.BytesIO()
         reason = "no runs with a configuration" if not rows else _draw(draw, plot.name, sink)

@@ -106,7 +106,7 @@ def run_eval(
     t0 = time.perf_counter()
     recorder = SpikeRecorder(model) if plots else None
     with recorder or contextlib.nullcontext():  # its hooks see the same pass the metrics come from
-        metrics = evaluate(model, ctx.test_loader(test_set), ctx)
+        metrics = evaluate(model, ctx.test_loader(test_set), ctx, readings=True)
     result = {
         "checkpoint": str(checkpoint.resolve()),
         "epoch": state.get("epoch"),

@@ -233,14 +233,22 @@ def epoch_metrics(progress: EpochProgress, ctx: Context) -> dict[str, Any]:
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader: DataLoader, ctx: Context, observe: bool = True, split: str = "test"
+    model: nn.Module,
+    loader: DataLoader,
+    ctx: Context,
+    observe: bool = True,
+    split: str = "test",
+    readings: bool = False,
 ) -> dict[str, Any]:
     """``<split>_loss``, ``<split>_acc`` (%) and, when ``observe``, per-layer firing rate, dormant
-    ratio, SOPs and the energy estimate (:meth:`~mlfsnn.nn.observe.SynapticOps.energy_metrics`)."""
+    ratio, SOPs and the energy estimate (:meth:`~mlfsnn.nn.observe.SynapticOps.energy_metrics`);
+    ``readings`` (one process only) adds ``dormant_readings``
+    (:meth:`~mlfsnn.nn.observe.NeuronMonitor.readings`)."""
     model.eval()
     seen = 0.0
     pending = _Pending()  # batch sums stay on the device: one host read after the last batch
-    monitor, sops = NeuronMonitor(model, dormant=True), SynapticOps(model)
+    readings = readings and ctx.world_size <= 1  # its per-neuron sets are not reduced across ranks
+    monitor, sops = NeuronMonitor(model, dormant=True, readings=readings), SynapticOps(model)
     with contextlib.ExitStack() as stack:
         if observe:
             stack.enter_context(monitor)
@@ -259,6 +267,8 @@ def evaluate(
         _reduce_observations(monitor, sops, ctx)
         out["firing_rate"] = monitor.firing_rate()
         out["dormant_ratio"] = monitor.dormant_ratio()
+        if readings:
+            out["dormant_readings"] = monitor.readings()
         energy = ctx.cfg.get("energy") or {}  # configs stored before the energy keys have none
         out.update(sops.energy_metrics(energy.get("e_ac_pj", E_AC_PJ), energy.get("e_mac_pj", E_MAC_PJ)))
     return out
