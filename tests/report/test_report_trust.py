@@ -329,3 +329,18 @@ def test_gpu_check_outputs_replace_planted_links(tmp_path: Path) -> None:
         assert (out / name).is_file() and not (out / name).is_symlink(), name
     assert json.loads((out / "p.json").read_text())["status"] == "ok"
     assert (out / "s.log").read_text() == "hello\n"
+
+
+def test_a_link_planted_at_the_default_report_folder_is_refused(sweep: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (sweep / "report").symlink_to(outside)
+    proc = _snn_report(sweep)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "report is a symbolic link" in proc.stderr, proc.stderr
+    assert "--out" in proc.stderr
+    assert list(outside.iterdir()) == []  # nothing written through the link
+    # Named with --out, the same link is the user's choice and is written through.
+    proc = _snn_report(sweep, "--out", sweep / "report")
+    assert proc.returncode == 0, proc.stderr
+    assert (outside / "report.md").is_file()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ReportError
+from ..files import LinkRefused, ensure_dir
 from .dormant import readings_csv, readings_markdown
 from .optuna import best_trial_csv, best_trial_lines, best_trial_markdown, find_best_trials, insert_section
 from .rundirs import find_run_dirs, label_runs, load_run
@@ -58,11 +59,17 @@ def report(dirs: list[Path], out: Path | None = None) -> dict[str, Any]:
     if not labelled:
         where = ", ".join(map(str, dirs))
         raise ReportError(f"no run directories (a folder with metrics.jsonl or summary.json) under {where}")
+    chosen = out is not None
     if out is None:
         common = Path(os.path.commonpath([d.resolve() for d in dirs]))
         out = common / "report"
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if chosen:  # a link named with --out is the user's choice
+            out.mkdir(parents=True, exist_ok=True)
+        else:  # a link at the folder name mlfsnn picks was planted: its target is not ours to fill
+            ensure_dir(out)
+    except LinkRefused as exc:
+        raise ReportError(f"{exc}, or name the folder with --out") from exc
     except OSError as exc:
         raise ReportError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
     runs = [load_run(path, label) for path, label in labelled]
