@@ -115,9 +115,16 @@ def test_command_help_exits_0_before_hydra_sees_it(command, flag, capsys) -> Non
         ([], "error: no command given"),
         (["frobnicate"], "error: unknown command 'frobnicate'"),
         (["info", "dataset=digits"], "error: snn-data handles the event datasets"),
-        (["info", "dataset=nope"], "error: config: "),
-        (["prepare", "dataset.no_such_key=1"], "error: config: "),
-        (["prepare", "not-an-override"], "error: config: "),
+        (["info", "dataset=nope"], "error: dataset=nope is not an option; dataset options: cifar10,"),
+        (["info", "+experiment=digitz"], "error: experiment=digitz is not an option (did you mean digits"),
+        (["prepare", "dataset=dvs_gesture", "dataset.rot=/d"], "error: dataset.rot is not a config key; did"),
+        (["prepare", "dataset.no_such_key=1"], "error: dataset.no_such_key is not a config key"),
+        (["prepare", "not-an-override"], "error: override 'not-an-override' cannot be parsed"),
+        (["prepare", "-m", "time_steps=4,8"], "error: -m: snn-data takes one configuration"),
+        (
+            ["prepare", "time_steps=4,8"],
+            "error: time_steps=4,8 is a sweep (one run per value): snn-data takes",
+        ),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, message, capsys) -> None:

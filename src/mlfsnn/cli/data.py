@@ -54,6 +54,12 @@ def compose(overrides: Sequence[str]) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from ..runner.schema import check_overrides
+
+    one = "snn-data takes one configuration: run it once per value"
+    if any(arg in ("-m", "--multirun") for arg in overrides):
+        raise ConfigError(f"-m: {one}")
+    check_overrides(list(overrides), sweep_advice=one)  # snn-train's check: a typo names what was meant
     try:
         with initialize_config_module("mlfsnn.configs", version_base="1.3"):
             cfg = hydra_compose(config_name="train", overrides=list(overrides))

@@ -276,8 +276,10 @@ def check_nesting(raw: str) -> None:
         )
 
 
-def check_overrides(args: list[str]) -> None:
-    """Refuse overrides that name an unknown key or group option, before Hydra composes anything."""
+def check_overrides(args: list[str], sweep_advice: str = "add -m to run it") -> None:
+    """Refuse overrides that name an unknown key or group option, before Hydra composes anything.
+
+    ``sweep_advice`` ends the line that refuses a sweep override without ``-m``."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -303,7 +305,7 @@ def check_overrides(args: list[str]) -> None:
         if override.is_delete():
             raise ConfigError(f"{raw}: deleting config entries is not supported; set the value instead")
         if override.is_sweep_override() and not multirun:
-            raise ConfigError(f"{raw} is a sweep (one run per value): add -m to run it")
+            raise ConfigError(f"{raw} is a sweep (one run per value): {sweep_advice}")
         if "/" in key or key in GROUPS + PRESETS:
             if key != "logger" and isinstance(override.value(), list):
                 raise ConfigError(f"{raw}: {key} takes one option, not a list (only logger takes several)")
