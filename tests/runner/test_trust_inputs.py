@@ -366,3 +366,16 @@ def test_export_replaces_a_link_without_writing_through_it(run_dir: Path, tmp_pa
     (tmp_path / "m.nir").symlink_to(target)
     export_checkpoint(run_dir / "checkpoints" / "best.pt", [], tmp_path / "m.nir")
     assert target.read_text() == "keep me" and not (tmp_path / "m.nir").is_symlink()
+
+
+@pytest.mark.parametrize("arg", ["dataset=cifar10", "+experiment=digits", "model=x", "variant=mlf_ds"])
+def test_snn_eval_says_a_group_is_not_switched_on_a_trained_config(arg: str) -> None:
+    from mlfsnn.runner.evaluate import _merge
+
+    cfg = OmegaConf.create({"dataset": {"name": "digits", "root": "data"}})
+    with pytest.raises(ConfigError) as exc:
+        _merge(cfg, [arg])
+    key = arg.lstrip("+").partition("=")[0]
+    assert f"{key} is chosen when training" in str(exc.value) and "dataset.root=DIR" in str(exc.value)
+    _merge(cfg, ["dataset.root=/elsewhere"])  # a single key of a group is what snn-eval takes
+    assert cfg.dataset.root == "/elsewhere"

@@ -25,7 +25,7 @@ from .context import Context
 from .loggers import chosen_loggers
 from .loop import evaluate
 from .outputs import environment, log_eval_run, write_json
-from .schema import check_nesting, known_keys, unknown_key_message
+from .schema import GROUPS, PRESETS, check_nesting, known_keys, unknown_key_message
 
 __all__ = ["check_writable", "default_out", "resolve_checkpoint", "run_eval", "spike_record", "write_result"]
 
@@ -67,6 +67,11 @@ def _merge(cfg: Any, overrides: list[str]) -> None:
     for arg in overrides:
         check_nesting(arg)  # before the YAML parser, which recurses on every level
         key = arg.partition("=")[0].lstrip("+")
+        if key in GROUPS + PRESETS:  # a group is chosen at training time; the stored config keeps it
+            raise ConfigError(
+                f"override {arg!r} is invalid: {key} is chosen when training and kept in the run's "
+                "config; set single keys instead (e.g. dataset.root=DIR)"
+            )
         if key not in known_keys():
             raise ConfigError(f"override {arg!r} is invalid: {unknown_key_message(key)}")
     try:

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 __all__ = [
     "GROUPS",
     "MAX_NESTING",
+    "PRESETS",
     "check_keys",
     "check_nesting",
     "check_overrides",
