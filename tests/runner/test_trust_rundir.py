@@ -179,6 +179,32 @@ def test_a_planted_link_in_a_sweep_point_is_refused_before_any_job(tmp_path: Pat
     assert outside.read_text() == "keep me\n" and not (tmp_path / "s" / "0").exists()
 
 
+def test_a_sweep_point_directory_that_is_a_link_is_refused_before_any_job(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "1").symlink_to(outside)  # the sweep names its points' folders: a link was planted
+    proc = _sweep(tmp_path, "trainer.seed=1,2", "hydra.sweep.dir=s")
+    one_line_error(proc, "sweep point 1", "s/1 is a symbolic link", "nothing was run")
+    assert list(outside.iterdir()) == [] and not (tmp_path / "s" / "0").exists()
+
+
+def test_a_sweep_point_linked_while_the_sweep_runs_is_refused_by_its_job(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    cmd = [str(BIN / "snn-train"), "-m", *ONE, "trainer.seed=1,2", "hydra.sweep.dir=s"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "s" / "0").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (tmp_path / "s" / "1").symlink_to(outside)  # after the sweep's own check, while point 0 trains
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in err, err[-3000:]
+    assert f"sweep point 1: {tmp_path / 's' / '1'} is a symbolic link" in err, err[-3000:]
+    assert list(outside.iterdir()) == []  # nothing written through it
+    assert (tmp_path / "s" / "0" / "summary.json").is_file()  # the point before it finished
+
+
 def test_a_lock_file_with_a_second_name_is_refused(tmp_path: Path) -> None:
     outside = tmp_path / "precious.txt"
     outside.write_text("keep me\n")

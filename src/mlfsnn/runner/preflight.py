@@ -33,6 +33,7 @@ from .rundir import (
     claim_run_dir,
     lock_run_dir,
     move_previous_run,
+    refuse_linked_sweep_point,
     refuse_links_in_run_dir,
     release_run_dir,
     run_files,
@@ -184,6 +185,7 @@ def check_sweep_dirs(config: DictConfig, numbered: list[tuple[str, DictConfig]])
             )
         seen[key] = where
         check_path_length(job_dir, "hydra.sweep.subdir")
+        refuse_linked_sweep_point(job_dir, where, "; nothing was run")
         points.append((where, job, job_dir))
     held: list[Path] = []
     try:

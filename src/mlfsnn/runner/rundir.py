@@ -27,12 +27,14 @@ __all__ = [
     "HYDRA_FILES",
     "LOCK_NAME",
     "check_path_length",
+    "check_sweep_point",
     "check_writable_dir",
     "claim_run_dir",
     "finished_summary",
     "holds_run",
     "lock_run_dir",
     "move_previous_run",
+    "refuse_linked_sweep_point",
     "refuse_links_in_run_dir",
     "release_run_dir",
     "remove_created",
@@ -161,6 +163,26 @@ def refuse_links_in_run_dir(run_dir: Path, key: str = "hydra.run.dir") -> None:
             refuse_links(run_dir / ".hydra", HYDRA_FILES)
     except LinkRefused as exc:
         raise ConfigError(f"{key}={run_dir} cannot be used: {exc}") from None
+
+
+def refuse_linked_sweep_point(job_dir: Path, where: str, suffix: str = "") -> None:
+    """A sweep names and makes its points' directories (``<sweep dir>/<n>``), so a symbolic link at
+    one was planted, not chosen: refuse it in one line. (A link as ``hydra.run.dir`` or above the
+    sweep directory is the user's choice, e.g. scratch space.)"""
+    try:
+        refuse_links(job_dir.parent, (job_dir.name,))
+    except LinkRefused as exc:
+        raise ConfigError(f"{where}: {exc}{suffix}") from None
+
+
+def check_sweep_point(run_dir: Path) -> None:
+    """In a job of ``snn-train -m``: its directory must not be a link (planted after the sweep's
+    own check, while earlier points ran). Outside a sweep there is nothing to check."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        refuse_linked_sweep_point(run_dir, f"sweep point {HydraConfig.get().job.num}")
 
 
 def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool, key: str = "hydra.run.dir") -> bool:

@@ -32,7 +32,14 @@ from .loggers import Loggers
 from .loop import EpochProgress, NonFiniteLoss, epoch_metrics, evaluate, release_workers, train_one_epoch
 from .outputs import MetricsLog, add_file_log, environment, remove_stale_temporaries, write_json
 from .preemption import PreemptionGuard, held
-from .rundir import check_writable_dir, claim_run_dir, finished_summary, release_run_dir, save_hydra_files
+from .rundir import (
+    check_sweep_point,
+    check_writable_dir,
+    claim_run_dir,
+    finished_summary,
+    release_run_dir,
+    save_hydra_files,
+)
 from .state import RunState
 from .summary import failure_summary, run_summary
 from .trainer_resume import ResumeSteps
@@ -70,6 +77,7 @@ class Trainer(ResumeSteps):
         self.run_dir = Path(dist.broadcast_object(str(self.run_dir)))
         self.resolved = OmegaConf.to_container(cfg, resolve=True)
         if ctx.main_rank:
+            check_sweep_point(self.run_dir)
             claim_run_dir(self.run_dir, cfg.trainer.resume, cfg.trainer.overwrite)
             check_writable_dir(self.ckpt_dir, "the checkpoint folder")
             removed = remove_stale_temporaries(self.run_dir) + remove_stale_temporaries(self.ckpt_dir)
