@@ -290,3 +290,43 @@ def test_summary_line_lists_what_the_run_directory_holds(logged_run: Path) -> No
     line = summary_line(logged_run, summary, RUN_FILES)
     assert line.startswith(f"run directory: {logged_run} (best test acc {summary['best_test_acc']:.2f}%")
     assert "2 epoch(s)" in line and "checkpoints/, " in line and "tensorboard/, csv/" in line
+
+
+def _without(package: str, module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``module``'s CLI in a Python that cannot import ``package``, as after a ``--no-deps`` install:
+    ``sys.modules[name] = None`` is Python's own mark for a module that must fail to import."""
+    code = (
+        f"import sys; sys.modules[{package!r}] = None; sys.argv = ['cli', *sys.argv[1:]]; "
+        f"from {module} import main; sys.exit(main())"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("package", ["tensorboard", "wandb"])
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_logger_whose_package_is_missing_is_one_line_before_any_run(
+    tmp_path: Path, package: str, multirun: bool
+) -> None:
+    sweep = ["-m", "trainer.seed=1,2"] if multirun else []
+    proc = _without(package, "mlfsnn.cli.train", [*sweep, *BASE, f"logger={package}"], tmp_path)
+    one_line_error(proc, f"logger={package} needs the {package} package", f"logger.{package}.enabled=false")
+    assert list(tmp_path.iterdir()) == []  # no run or sweep directory
+
+
+def test_snn_eval_without_wandb_says_so_and_snn_export_needs_no_logger(
+    logged_run: Path, tmp_path: Path
+) -> None:
+    args = [f"checkpoint={logged_run}", f"out={tmp_path / 'eval.json'}"]
+    one_line_error(
+        _without("wandb", "mlfsnn.cli.eval", args, tmp_path), "logger=wandb needs the wandb package"
+    )
+    assert not (tmp_path / "eval.json").exists()
+    proc = _without("wandb", "mlfsnn.cli.eval", [*args, "logger.wandb.enabled=false"], tmp_path)
+    assert proc.returncode == 0 and json.loads((tmp_path / "eval.json").read_text())["test_acc"] >= 0, (
+        proc.stderr
+    )
+    export = [f"checkpoint={logged_run}", f"out={tmp_path / 'model.nir'}"]
+    proc = _without("wandb", "mlfsnn.cli.export", export, tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "model.nir").is_file(), proc.stderr[-2000:]

@@ -8,6 +8,7 @@ their answers to config keys.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from typing import Any
@@ -22,7 +23,7 @@ from ..nn.resnet import check_model_args
 from .builders import OPTIMIZERS, SCHEDULERS
 from .schema import LOGGERS, check_keys, known_keys, unknown_key_message
 
-__all__ = ["ConfigError", "check_memory", "validate"]
+__all__ = ["ConfigError", "check_logger_packages", "check_memory", "validate"]
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -115,6 +116,27 @@ def _validate(cfg: DictConfig) -> None:
 
 
 _ABSENT = "__absent__"  # keys newer than a config stored in an old checkpoint are skipped
+
+
+def check_logger_packages(cfg: DictConfig) -> None:
+    """Refuse, before any work, an enabled logger whose package this Python cannot import (a
+    ``--no-deps`` or trimmed install): one line instead of a traceback once the run has started.
+    For what logs (snn-train, snn-eval), not for snn-export."""
+    for name in ("tensorboard", "wandb"):
+        enabled = _present(cfg, f"logger.{name}") and _get(cfg, f"logger.{name}.enabled") is True
+        if enabled and not _importable(name):
+            raise ConfigError(
+                f"logger={name} needs the {name} package, which this Python cannot import: install it "
+                f"(pip install {name}; mlfsnn's own install brings it), or log without it: "
+                f"logger.{name}.enabled=false, logger=csv or logger=none"
+            )
+
+
+def _importable(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken install, or a module marked unimportable
+        return False
 
 
 def _present(cfg: DictConfig, key: str) -> bool:

@@ -20,7 +20,7 @@ from ..nn import count_parameters
 from ..nn.observe import SpikeRecorder
 from .builders import build_model
 from .checkpoint import load_checkpoint, load_weights
-from .config import check_memory, validate
+from .config import check_logger_packages, check_memory, validate
 from .context import Context
 from .loggers import chosen_loggers
 from .loop import evaluate
@@ -102,6 +102,7 @@ def run_eval(
     out = default_out(checkpoint, out)
     check_writable(out)
     state, cfg = load_with_config(checkpoint, overrides)
+    check_logger_packages(cfg)  # its eval run is logged where the training run was
     check_memory(cfg, "eval")  # before the test set is built at that size
     ctx = Context.create(cfg)
     _, test_set, info = build_datasets(cfg.dataset, cfg.time_steps)

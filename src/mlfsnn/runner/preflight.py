@@ -70,9 +70,10 @@ class Preflight:
                     f"hydra/launcher={chosen} takes effect only for a sweep: add -m (or --multirun) to "
                     "launch through it; without -m the run would start here, on this machine"
                 )
-            from .config import check_memory, validate  # torch: loaded once a run really starts
+            from .config import check_logger_packages, check_memory, validate  # torch: a run starts
 
             validate(config)
+            check_logger_packages(config)
             check_memory(config)
             if env_rank() != 0:
                 return  # other torchrun ranks write nothing; rank 0 owns the directory
@@ -93,12 +94,13 @@ class Preflight:
             jobs = _sweep_jobs(config)
         except UserError as exc:
             exit_with(one_line(exc))
-        from .config import check_memory, validate
+        from .config import check_logger_packages, check_memory, validate
 
         optuna = is_optuna(config)
         for where, job in jobs:
             try:
                 validate(job)
+                check_logger_packages(job)
                 check_memory(job)
                 if optuna:
                     check_objective(config, job)

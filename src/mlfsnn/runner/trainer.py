@@ -25,7 +25,7 @@ from ..nn import count_parameters
 from . import distributed as dist
 from .builders import build_model, build_optimizer, build_scheduler, training_model
 from .checkpoint import capture_rng, restore_rng, save_checkpoint
-from .config import check_memory, validate
+from .config import check_logger_packages, check_memory, validate
 from .context import Context, format_row, seed_everything
 from .debug import Debug
 from .loggers import Loggers
@@ -67,6 +67,7 @@ class Trainer(ResumeSteps):
         """Validate, claim the run directory, then build data, model, optimizer: all before any work."""
         cfg = self.cfg
         validate(cfg)
+        check_logger_packages(cfg)
         check_memory(cfg)
         self.ctx = ctx = Context.create(cfg)
         timeout = cfg.trainer.dist_timeout_s
