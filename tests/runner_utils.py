@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +116,21 @@ def kill_at_random_until_done(cmd: list[str], cwd: Path, seed: int, tries: int =
         assert proc.returncode == 0, proc.stderr.read()[-3000:]
         return kills
     raise AssertionError(f"killed {kills} times and never finished")
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (``"1m"``) mounted at ``folder`` (created), unmounted afterwards; the
+    test is skipped where it cannot be mounted (not root, no CAP_SYS_ADMIN)."""
+    folder.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    mounted = False
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            mounted = subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)

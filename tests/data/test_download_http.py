@@ -22,6 +22,7 @@ from mlfsnn.data.download import download_files
 from mlfsnn.data.sources import RemoteFile
 from mlfsnn.data.transfer import Policy, fetch_file
 from mlfsnn.errors import DataError
+from runner_utils import mounted_tmpfs
 
 FAST = Policy(timeout_s=2.0, retries=2, backoff_s=0.01, progress=False)
 REFUSED = "http://127.0.0.1:1/x.zip"  # nothing listens on port 1
@@ -299,16 +300,8 @@ def test_injected_full_disk_keeps_the_part(tmp_path: Path, http_server, monkeypa
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (the injected ENOSPC test covers the rest)")
-    where = tmp_path / "small"
-    where.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True
-    ).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
+    with mounted_tmpfs(tmp_path / "small", "1m") as where:  # elsewhere the injected ENOSPC test covers it
+        yield where
 
 
 def test_real_full_disk_then_resume_after_freeing_space(small_tmpfs: Path, http_server) -> None:

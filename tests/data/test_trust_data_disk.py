@@ -21,7 +21,7 @@ from mlfsnn.cli.data import compose, main
 from mlfsnn.data import DataError, build_datasets, check_dataset_config
 from mlfsnn.errors import ConfigError
 from mlfsnn.runner.config import validate
-from runner_utils import TINY, compose_cfg
+from runner_utils import TINY, compose_cfg, mounted_tmpfs
 
 # --- 6. a full disk while the frame cache is written ---------------------------------------------
 
@@ -57,13 +57,7 @@ def test_full_disk_is_one_line_and_snn_train_leaves_no_run_directory(tmp_path) -
 
 
 def test_full_tmpfs_cache_is_one_line_and_a_later_build_is_whole(tmp_path, capsys) -> None:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True
-    ).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "3m") as mnt:
         write_gesture(tmp_path / "g", trials())
         args = [*gesture_args(tmp_path / "g", mnt), "dataset.size=128"]  # 9 x 512 kB raw frames > 3 MB
         refused(["prepare", *args], capsys, f"in {mnt / 'dvs_gesture'}", "No space left on device")
@@ -72,8 +66,6 @@ def test_full_tmpfs_cache_is_one_line_and_a_later_build_is_whole(tmp_path, capsy
         assert main(["prepare", *args]) == 0 and "built in" in capsys.readouterr().out
         _, _, info = build_datasets(compose(args).dataset, 4)
         assert info.train_samples == 6
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 # --- 7. config values refused before Hydra creates anything ------------------------------------------

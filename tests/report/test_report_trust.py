@@ -27,6 +27,7 @@ import mlfsnn.files
 from mlfsnn.cli.report import main
 from mlfsnn.errors import ReportError
 from report.fakes import PNG_MAGIC, config, make_run
+from runner_utils import mounted_tmpfs
 
 WRITTEN = (
     "report.md",
@@ -169,26 +170,11 @@ def test_a_full_disk_leaves_the_previous_report_whole(
     assert _files(out) == before  # same names (no temp file, no plot removed), same bytes
 
 
-def _mount_tmpfs(folder: Path, size: str) -> bool:
-    folder.mkdir()
-    if os.geteuid() != 0:
-        return False
-    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
-    return False
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs: a real filesystem that runs out of space."""
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "1m"):
-        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
 
 
 def _fill(disk: Path, leave: int) -> None:

@@ -21,7 +21,7 @@ from mlfsnn.errors import UserError
 from mlfsnn.files import append_bytes, atomic_write_text
 from mlfsnn.runner.outputs import MetricsLog
 from mlfsnn.runner.trainer import train
-from runner_utils import TINY, compose_cfg, one_line_error, sigterm_at_step
+from runner_utils import TINY, compose_cfg, mounted_tmpfs, one_line_error, sigterm_at_step
 
 BIN = Path(sys.executable).parent
 ONE = [*TINY, "trainer.epochs=1"]
@@ -235,11 +235,7 @@ def test_append_and_log_never_follow_a_link(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_disk(tmp_path: Path):
     """A 1 MiB tmpfs (root only), filled to the last few KiB."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root?)")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
         fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
         try:
             while True:
@@ -249,8 +245,6 @@ def tiny_disk(tmp_path: Path):
         finally:
             os.close(fd)
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)])
 
 
 def test_a_full_disk_at_start_is_one_line_and_leaves_no_directory(tiny_disk: Path, tmp_path: Path) -> None:
